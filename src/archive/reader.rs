@@ -1,0 +1,273 @@
+//! Random access through the tail index.
+//!
+//! Opening maps the file (memmap2), reads the footer, the index and the header, and
+//! validates every entry record and every block reference against each other; nothing is
+//! decoded. Reads then decode only the blocks that cover the requested range, and count
+//! them ([`Archive::blocks_decoded`]) so tests can observe it.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::codec::{decode_blocks, BlockRefData};
+use crate::error::{Error, Result};
+use crate::format::{BlockHeader, BlockRef, Entry, EntryKind, Footer, Header, Index, ModelKind, FOOTER_LEN};
+use crate::model::Model;
+
+use super::Catalog;
+
+enum Bytes {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+pub struct Archive {
+    bytes: Bytes,
+    header: Header,
+    catalog: Catalog,
+    blocks: Vec<BlockRef>,
+    /// Data-stream offset where each block starts; one more entry for the end.
+    starts: Vec<u64>,
+    decoded: AtomicU64,
+}
+
+impl Archive {
+    /// Opens an archive file by memory-mapping it.
+    pub fn open(path: &Path) -> Result<Archive> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            return Err(Error::corrupt(0, "empty file"));
+        }
+        // SAFETY: the map is read-only. An archive is never modified in place by lmz; if
+        // another process truncates it while mapped, reads can fault (SIGBUS), as with every
+        // mmap-based reader (squashfs images, DwarFS). Every byte read is CRC-checked.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+        Archive::parse(Bytes::Map(map))
+    }
+
+    /// Opens an archive held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Archive> {
+        Archive::parse(Bytes::Owned(bytes))
+    }
+
+    fn parse(bytes: Bytes) -> Result<Archive> {
+        let b = bytes.as_slice();
+        let len = b.len() as u64;
+        let (header, header_len) = Header::decode(b)?;
+        if b.len() < header_len + FOOTER_LEN {
+            return Err(Error::corrupt(len, "archive truncated: no room for a footer"));
+        }
+        let footer = Footer::decode(&b[b.len() - FOOTER_LEN..], len)?;
+        if footer.index_offset < header_len as u64 {
+            return Err(Error::corrupt(len - FOOTER_LEN as u64, "index overlaps the header"));
+        }
+        let ix = &b[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
+        let index = Index::decode(ix, footer.index_offset)?;
+        let body = header_len as u64..footer.index_offset;
+        let mut catalog = Catalog::default();
+        let mut prev_end = header_len as u64;
+        for &off in &index.entries {
+            if off < prev_end || off >= body.end {
+                return Err(Error::corrupt(off, "entry record offset out of order or outside the body"));
+            }
+            let (e, n) = Entry::decode(&b[off as usize..body.end as usize], off)?;
+            catalog.push(e, off)?;
+            prev_end = off + n as u64;
+        }
+        let mut starts = Vec::with_capacity(index.blocks.len() + 1);
+        let mut data = 0u64;
+        let mut prev_end = header_len as u64;
+        for (i, r) in index.blocks.iter().enumerate() {
+            let end = r.offset.checked_add(32 + r.coded_len as u64);
+            if r.offset < prev_end || end.is_none_or(|e| e > body.end) {
+                return Err(Error::corrupt(r.offset, format!("block {i} lies out of order or outside the body")));
+            }
+            if r.plain_len == 0 || r.plain_len > header.block_size || r.coded_len > r.plain_len {
+                return Err(Error::corrupt(r.offset, format!("block {i}: lengths out of range in the index")));
+            }
+            starts.push(data);
+            data += r.plain_len as u64;
+            prev_end = end.unwrap_or(body.end);
+        }
+        starts.push(data);
+        // Entries and blocks interleave; they must not overlap each other. Both lists are
+        // sorted, so one merge pass checks it.
+        check_disjoint(b, &index, body.end)?;
+        if catalog.data_end() > data {
+            return Err(Error::corrupt(footer.index_offset, "file data extends past the last block"));
+        }
+        Ok(Archive { bytes, header, catalog, blocks: index.blocks, starts, decoded: AtomicU64::new(0) })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        self.catalog.entries()
+    }
+
+    pub fn find(&self, path: &[u8]) -> Option<usize> {
+        self.catalog.find(path)
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn blocks(&self) -> &[BlockRef] {
+        &self.blocks
+    }
+
+    pub fn archive_len(&self) -> u64 {
+        self.bytes.as_slice().len() as u64
+    }
+
+    /// Length of the data stream (all blocks).
+    pub fn data_len(&self) -> u64 {
+        *self.starts.last().unwrap_or(&0)
+    }
+
+    /// Data-stream offset where block `i` starts.
+    pub fn block_start(&self, i: usize) -> u64 {
+        self.starts[i]
+    }
+
+    /// Number of blocks decoded through this handle so far.
+    pub fn blocks_decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
+    /// Whether decoding needs a model, and whether `model` is the one pinned.
+    pub fn check_model(&self, model: Option<&dyn Model>) -> Result<()> {
+        if self.header.pin.kind == ModelKind::None {
+            return Ok(());
+        }
+        let expected = || {
+            format!("{} (sha256 {}, {} bytes)", self.header.model_name, self.header.pin.sha256_hex(), self.header.pin.size)
+        };
+        match model {
+            None => Err(Error::ModelMismatch { expected: expected(), found: "no model was loaded".into() }),
+            Some(m) if m.pin() != self.header.pin => {
+                let p = m.pin();
+                Err(Error::ModelMismatch {
+                    expected: expected(),
+                    found: format!("the model loaded differs (sha256 {}, settings {:?})", p.sha256_hex(), p),
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Header and payload of block `i`, checked against the index.
+    pub fn block(&self, i: usize) -> Result<BlockRefData<'_>> {
+        let r = self.blocks[i];
+        let b = self.bytes.as_slice();
+        let h = BlockHeader::decode(&b[r.offset as usize..], r.offset, &self.header)?;
+        if h.plain_len != r.plain_len || h.coded_len != r.coded_len {
+            return Err(Error::corrupt(r.offset, format!("block {i}: header disagrees with the index")));
+        }
+        let start = r.offset as usize + 32;
+        Ok(BlockRefData {
+            number: i as u64,
+            offset: r.offset,
+            header: h,
+            payload: &b[start..start + h.coded_len as usize],
+        })
+    }
+
+    /// Decodes blocks `range` (`width` model blocks in lockstep); one result per block.
+    pub fn decode_blocks(&self, model: Option<&dyn Model>, range: Range<usize>, width: usize) -> Result<Vec<Result<Vec<u8>>>> {
+        let mut refs = Vec::with_capacity(range.len());
+        let mut early: Vec<Option<Error>> = Vec::with_capacity(range.len());
+        for i in range.clone() {
+            match self.block(i) {
+                Ok(r) => {
+                    refs.push(r);
+                    early.push(None);
+                }
+                Err(e) => early.push(Some(e)),
+            }
+        }
+        self.decoded.fetch_add(refs.len() as u64, Ordering::Relaxed);
+        let mut decoded = decode_blocks(model, &refs, width)?.into_iter();
+        Ok(early
+            .into_iter()
+            .map(|e| match e {
+                Some(e) => Err(e),
+                None => decoded.next().expect("one result per block"),
+            })
+            .collect())
+    }
+
+    /// Blocks that hold data-stream bytes `[start, end)`.
+    pub fn blocks_covering(&self, start: u64, end: u64) -> Range<usize> {
+        if start >= end {
+            return 0..0;
+        }
+        let first = self.starts.partition_point(|&s| s <= start).saturating_sub(1);
+        let last = self.starts.partition_point(|&s| s < end).min(self.blocks.len());
+        first..last
+    }
+
+    /// Reads `len` bytes at `offset` of file entry `idx` (clamped to the file), decoding only
+    /// the blocks that cover them.
+    pub fn read(&self, model: Option<&dyn Model>, idx: usize, offset: u64, len: u64, width: usize) -> Result<Vec<u8>> {
+        let e = self.file_entry(idx)?;
+        let start = e.data_start + offset.min(e.size);
+        let end = e.data_start + offset.saturating_add(len).min(e.size);
+        let range = self.blocks_covering(start, end);
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let first = range.start;
+        for (k, r) in self.decode_blocks(model, range, width)?.into_iter().enumerate() {
+            let plain = r?;
+            let bstart = self.starts[first + k];
+            let lo = start.max(bstart) - bstart;
+            let hi = end.min(bstart + plain.len() as u64) - bstart;
+            out.extend_from_slice(&plain[lo as usize..hi as usize]);
+        }
+        Ok(out)
+    }
+
+    /// The file entry `idx`, following a hard link to its target.
+    pub fn file_entry(&self, idx: usize) -> Result<&Entry> {
+        let e = &self.entries()[idx];
+        match e.kind {
+            EntryKind::File => Ok(e),
+            EntryKind::HardLink => {
+                let t = self.find(&e.link).expect("catalog checked hard-link targets");
+                Ok(&self.entries()[t])
+            }
+            _ => Err(Error::usage(format!("{:?} is not a regular file", String::from_utf8_lossy(&e.path)))),
+        }
+    }
+}
+
+fn check_disjoint(b: &[u8], index: &Index, body_end: u64) -> Result<()> {
+    let mut spans: Vec<(u64, u64)> = Vec::with_capacity(index.entries.len() + index.blocks.len());
+    for &off in &index.entries {
+        let n = Entry::peek_len(&b[off as usize..body_end as usize], off)? as u64;
+        spans.push((off, off + n));
+    }
+    for r in &index.blocks {
+        spans.push((r.offset, r.offset + 32 + r.coded_len as u64));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(Error::corrupt(w[1].0, "records overlap"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Reading an archive front to back from a pipe, without seeking.
+//!
+//! Records are read in stream order and checked as they come; model blocks are collected
+//! `width` at a time and decoded in lockstep; decoded bytes go to the [`Extractor`]. At the
+//! end the index must describe exactly what was read, the footer must close it, and nothing
+//! may follow: a truncated stream is an error, never a silent success.
+
+use std::io::Read;
+
+use crate::codec::{decode_blocks, BlockRefData};
+use crate::error::{Error, Result};
+use crate::format::{
+    BlockHeader, BlockRef, Codec, Entry, Footer, Header, Index, BLOCK_HEADER_LEN, BLOCK_MAGIC, ENTRY_MAGIC,
+    FOOTER_LEN, INDEX_FIXED_LEN, INDEX_MAGIC,
+};
+use crate::model::Model;
+
+use super::extract::Extractor;
+use super::Catalog;
+
+struct Input<R> {
+    r: R,
+    pos: u64,
+}
+
+impl<R: Read> Input<R> {
+    fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.r.read(&mut buf[done..]) {
+                Ok(0) => {
+                    return Err(Error::corrupt(
+                        self.pos + done as u64,
+                        format!("stream ended inside {what}: the archive is truncated"),
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("archive input", e)),
+            }
+        }
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn at_eof(&mut self) -> Result<bool> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.r.read(&mut b) {
+                Ok(0) => return Ok(true),
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("archive input", e)),
+            }
+        }
+    }
+}
+
+struct Queued {
+    number: u64,
+    offset: u64,
+    header: BlockHeader,
+    payload: Vec<u8>,
+}
+
+/// What a stream extraction did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamStats {
+    pub entries: u64,
+    pub blocks: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Extracts the archive read from `r`. `load_model` is called once with the header and
+/// returns the model to decode with (it must check the pin).
+pub fn extract_stream<'m, R: Read>(
+    r: R,
+    load_model: impl FnOnce(&Header) -> Result<Option<Box<dyn Model + 'm>>>,
+    width: usize,
+    mut ex: Extractor,
+) -> Result<StreamStats> {
+    let mut inp = Input { r, pos: 0 };
+    let mut head = vec![0u8; 16];
+    inp.exact(&mut head, "the header")?;
+    let len = Header::peek_len(&head)?;
+    head.resize(len, 0);
+    inp.exact(&mut head[16..], "the header")?;
+    let (header, _) = Header::decode(&head)?;
+    let model = load_model(&header)?;
+    let model = model.as_deref();
+
+    let mut catalog = Catalog::default();
+    let mut entry_offsets = Vec::new();
+    let mut blocks: Vec<BlockRef> = Vec::new();
+    let mut queue: Vec<Queued> = Vec::new();
+    let mut model_queued = 0usize;
+    // Data-stream offset where the next block read will start, and where the next block
+    // handed to the extractor starts.
+    let mut seen = 0u64;
+    let mut routed = 0u64;
+    let mut stats = StreamStats::default();
+
+    let flush = |queue: &mut Vec<Queued>, routed: &mut u64, ex: &mut Extractor| -> Result<()> {
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<BlockRefData> = queue
+            .iter()
+            .map(|q| BlockRefData { number: q.number, offset: q.offset, header: q.header, payload: &q.payload })
+            .collect();
+        for res in decode_blocks(model, &refs, width)? {
+            let plain = res?;
+            ex.data(*routed, &plain)?;
+            *routed += plain.len() as u64;
+        }
+        queue.clear();
+        Ok(())
+    };
+
+    loop {
+        let at = inp.pos;
+        let mut magic = [0u8; 4];
+        inp.exact(&mut magic, "the record stream (no index was found)")?;
+        if magic == ENTRY_MAGIC {
+            let mut rec = magic.to_vec();
+            rec.resize(8, 0);
+            inp.exact(&mut rec[4..], "an entry record")?;
+            let n = Entry::peek_len(&rec, at)?;
+            rec.resize(n, 0);
+            inp.exact(&mut rec[8..], "an entry record")?;
+            let (e, _) = Entry::decode(&rec, at)?;
+            if e.kind == crate::format::EntryKind::File && e.size > 0 && e.data_start < seen {
+                return Err(Error::corrupt(at, "entry record comes after a block holding its data"));
+            }
+            catalog.push(e.clone(), at)?;
+            ex.begin(&e)?;
+            entry_offsets.push(at);
+            stats.entries += 1;
+        } else if magic == BLOCK_MAGIC {
+            let mut hb = [0u8; BLOCK_HEADER_LEN];
+            hb[..4].copy_from_slice(&magic);
+            inp.exact(&mut hb[4..], "a block header")?;
+            let h = BlockHeader::decode(&hb, at, &header)?;
+            let mut payload = vec![0u8; h.coded_len as usize];
+            inp.exact(&mut payload, "a block payload")?;
+            blocks.push(BlockRef { offset: at, plain_len: h.plain_len, coded_len: h.coded_len });
+            seen += h.plain_len as u64;
+            if h.codec == Codec::Model {
+                model_queued += 1;
+            }
+            queue.push(Queued { number: blocks.len() as u64 - 1, offset: at, header: h, payload });
+            stats.blocks += 1;
+            if model_queued >= width.max(1) || (model_queued == 0 && queue.len() >= 64) {
+                flush(&mut queue, &mut routed, &mut ex)?;
+                model_queued = 0;
+            }
+        } else if magic == INDEX_MAGIC {
+            flush(&mut queue, &mut routed, &mut ex)?;
+            let expect_len = INDEX_FIXED_LEN + entry_offsets.len() * 8 + blocks.len() * 16 + 4;
+            let mut ib = magic.to_vec();
+            ib.resize(expect_len, 0);
+            inp.exact(&mut ib[4..], "the index")?;
+            let index = Index::decode(&ib, at)?;
+            if index.entries != entry_offsets || index.blocks != blocks {
+                return Err(Error::corrupt(at, "the index does not describe the records that precede it"));
+            }
+            let mut fb = [0u8; FOOTER_LEN];
+            inp.exact(&mut fb, "the footer")?;
+            let footer = Footer::decode(&fb, inp.pos)?;
+            if footer.index_offset != at {
+                return Err(Error::corrupt(inp.pos - FOOTER_LEN as u64, "footer does not point at the index"));
+            }
+            if !inp.at_eof()? {
+                return Err(Error::corrupt(inp.pos, "trailing bytes after the footer"));
+            }
+            if catalog.data_end() > seen {
+                return Err(Error::corrupt(at, "file data extends past the last block"));
+            }
+            let (files, bytes) = ex.finish()?;
+            stats.files = files;
+            stats.bytes = bytes;
+            return Ok(stats);
+        } else {
+            return Err(Error::corrupt(at, format!("unknown record magic {magic:02x?}")));
+        }
+    }
+}

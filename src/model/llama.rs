@@ -1,0 +1,322 @@
+//! A GGUF model evaluated by llama.cpp (through `llama-cpp-2`). The only module that imports
+//! llama.cpp.
+//!
+//! Determinism: archives must decode on another run, another thread count and another batch
+//! width exactly as they were encoded. Measured (../shared/llama-facts.md and our tests) this
+//! holds with llama.cpp built with `GGML_LLAMAFILE=OFF` (pinned in `.cargo/config.toml`),
+//! flash attention off and a non-unified KV cache, for Q4_0/Q4_1/Q8_0 weights. Those settings
+//! are forced here and recorded in the header's model pin; the evaluation schedule is one
+//! token per sequence per `llama_decode`, all sequences of a step in one batch.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use super::fetch::ModelFile;
+use super::quantize::logits_to_cum;
+use super::{Evaluator, Model, Token};
+use crate::error::{Error, Result};
+use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
+
+/// The vendored llama.cpp, by the version of the crate that builds it (kept true by a test
+/// against Cargo.lock).
+pub const ENGINE_VERSION: &str = "llama-cpp-sys-2 0.1.161";
+
+#[cfg(feature = "cuda")]
+const BACKEND_NAME: &str = "cuda";
+#[cfg(all(feature = "metal", not(feature = "cuda")))]
+const BACKEND_NAME: &str = "metal";
+#[cfg(not(any(feature = "cuda", feature = "metal")))]
+const BACKEND_NAME: &str = "cpu";
+
+/// llama.cpp's backend may be initialised once per process.
+fn backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
+            if std::env::var_os("LMZ_LLAMA_LOG").is_none() {
+                b.void_logs();
+            }
+            Ok(b)
+        })
+        .as_ref()
+        .map_err(|e| Error::ModelUnavailable { detail: format!("llama.cpp backend: {e}") })
+}
+
+/// Settings of a llama evaluation that do not change probabilities.
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaOptions {
+    /// Inference threads; clamped to the machine's cores (oversubscription is ruinous).
+    pub threads: usize,
+}
+
+impl Default for LlamaOptions {
+    fn default() -> Self {
+        LlamaOptions { threads: available_cores() }
+    }
+}
+
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub struct LlamaLm {
+    model: LlamaModel,
+    pin: ModelPin,
+    name: String,
+    pieces: Vec<Vec<u8>>,
+    /// The token whose piece is exactly byte `b`, for bytes the tokenizer cannot take as text.
+    byte_token: [Option<Token>; 256],
+    threads: usize,
+}
+
+impl LlamaLm {
+    /// Loads a verified model file. `max_block_tokens` bounds a model-coded block.
+    pub fn load(file: &ModelFile, max_block_tokens: u32, opts: LlamaOptions) -> Result<LlamaLm> {
+        let backend = backend()?;
+        let params = LlamaModelParams::default();
+        #[cfg(any(feature = "cuda", feature = "metal"))]
+        let params = params.with_n_gpu_layers(999);
+        let model = LlamaModel::load_from_file(backend, &file.path, &params).map_err(|e| {
+            Error::ModelUnavailable {
+                detail: format!("{}: llama.cpp cannot load it as a GGUF model: {e}", file.path.display()),
+            }
+        })?;
+        let vocab = model.vocab();
+        let n = vocab.n_tokens();
+        if n < 2 {
+            return Err(Error::ModelUnavailable { detail: format!("{}: empty vocabulary", file.path.display()) });
+        }
+        let pieces: Vec<Vec<u8>> = (0..n).map(|t| vocab.token_to_piece(LlamaToken(t), false, None)).collect();
+        let mut byte_token = [None; 256];
+        // Lowest id wins, so the table does not depend on iteration order.
+        for (t, p) in pieces.iter().enumerate().rev() {
+            if p.len() == 1 {
+                byte_token[p[0] as usize] = Some(t as Token);
+            }
+        }
+        let bos = vocab.bos().0;
+        let bos = if bos >= 0 && bos < n { bos as u32 } else { 0 };
+        let pin = ModelPin {
+            kind: ModelKind::Llama,
+            sha256: file.sha256,
+            size: file.size,
+            vocab_size: n as u32,
+            freq_bits: FREQ_BITS,
+            tokenizer: Tokenizer::LlamaPieces,
+            context_policy: 1,
+            bos,
+            max_block_tokens,
+            schedule: 1,
+            flash_attn: 0,
+            kv_unified: 0,
+            kv_type: 1,
+        };
+        let threads = opts.threads.clamp(1, available_cores());
+        Ok(LlamaLm { model, pin, name: file.name.clone(), pieces, byte_token, threads })
+    }
+
+    fn pieces_match(&self, tokens: &[LlamaToken], text: &[u8]) -> bool {
+        let mut pos = 0;
+        for t in tokens {
+            let p = self.piece(t.0 as Token);
+            if text.len() < pos + p.len() || &text[pos..pos + p.len()] != p {
+                return false;
+            }
+            pos += p.len();
+        }
+        pos == text.len()
+    }
+
+    fn bytes_as_tokens(&self, bytes: &[u8], out: &mut Vec<Token>) -> Option<()> {
+        for &b in bytes {
+            out.push(self.byte_token[b as usize]?);
+        }
+        Some(())
+    }
+
+    /// Tokenizes valid UTF-8 text; where llama.cpp's tokens do not give back the exact bytes,
+    /// retries line by line, and codes lines that still differ as byte tokens.
+    fn tokenize_text(&self, text: &[u8], out: &mut Vec<Token>) -> Option<()> {
+        if text.is_empty() {
+            return Some(());
+        }
+        let vocab = self.model.vocab();
+        let toks = vocab.tokenize(text, false, false);
+        if self.pieces_match(&toks, text) {
+            out.extend(toks.iter().map(|t| t.0 as Token));
+            return Some(());
+        }
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            let toks = vocab.tokenize(line, false, false);
+            if self.pieces_match(&toks, line) {
+                out.extend(toks.iter().map(|t| t.0 as Token));
+            } else {
+                self.bytes_as_tokens(line, out)?;
+            }
+        }
+        Some(())
+    }
+}
+
+fn cpu_features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut f = vec!["x86_64"];
+        macro_rules! feat {
+            ($($name:tt),*) => {$( if std::arch::is_x86_feature_detected!($name) { f.push($name); } )*};
+        }
+        feat!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni");
+        f.join(" ")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
+impl Model for LlamaLm {
+    fn pin(&self) -> ModelPin {
+        self.pin.clone()
+    }
+
+    fn header(&self, block_size: u32) -> Header {
+        Header {
+            block_size,
+            pin: self.pin(),
+            model_name: self.name.clone(),
+            backend: BACKEND_NAME.into(),
+            engine_version: ENGINE_VERSION.into(),
+            cpu_features: cpu_features(),
+        }
+    }
+
+    fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>> {
+        let mut out = Vec::with_capacity(bytes.len() / 3 + 1);
+        let mut rest = bytes;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(_) => {
+                    self.tokenize_text(rest, &mut out)?;
+                    return Some(out);
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    self.tokenize_text(valid, &mut out)?;
+                    let bad = e.error_len().unwrap_or(after.len());
+                    self.bytes_as_tokens(&after[..bad], &mut out)?;
+                    rest = &after[bad..];
+                }
+            }
+        }
+    }
+
+    fn piece(&self, t: Token) -> &[u8] {
+        self.pieces.get(t as usize).map_or(&[], |p| p.as_slice())
+    }
+
+    fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>> {
+        let width = width.max(1);
+        // Each sequence gets its own cells (non-unified KV): round up to llama.cpp's padding.
+        let per_seq = (self.pin.max_block_tokens + 1).div_ceil(256) * 256;
+        let n_ctx = per_seq
+            .checked_mul(width as u32)
+            .ok_or_else(|| Error::usage("batch width × block tokens too large"))?;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(width as u32)
+            .with_n_ubatch(width as u32)
+            .with_n_seq_max(width as u32)
+            .with_n_threads(self.threads as i32)
+            .with_n_threads_batch(self.threads as i32)
+            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+            .with_kv_unified(false)
+            .with_type_k(KvCacheType::F16)
+            .with_type_v(KvCacheType::F16)
+            .with_no_perf(true);
+        let ctx = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| Error::ModelEval { detail: format!("creating a llama.cpp context: {e}") })?;
+        Ok(Box::new(LlamaEval {
+            ctx,
+            batch: LlamaBatch::new(width, width as i32),
+            pos: vec![0; width],
+            limit: per_seq as i32,
+            weights: vec![0; self.pieces.len()],
+        }))
+    }
+}
+
+struct LlamaEval<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    pos: Vec<i32>,
+    limit: i32,
+    weights: Vec<u32>,
+}
+
+impl Evaluator for LlamaEval<'_> {
+    fn width(&self) -> usize {
+        self.pos.len()
+    }
+
+    fn reset(&mut self, slot: usize) -> Result<()> {
+        self.ctx
+            .clear_kv_cache_seq(Some(slot as u32), None, None)
+            .map_err(|e| Error::ModelEval { detail: format!("clearing sequence {slot}: {e}") })?;
+        self.pos[slot] = 0;
+        Ok(())
+    }
+
+    fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
+        self.batch.clear();
+        for &(slot, tok) in feed {
+            if self.pos[slot] >= self.limit {
+                return Err(Error::ModelEval { detail: format!("sequence {slot} exceeds its context") });
+            }
+            self.batch
+                .add(LlamaToken(tok as i32), self.pos[slot], &[slot as i32], true)
+                .map_err(|e| Error::ModelEval { detail: e.to_string() })?;
+            self.pos[slot] += 1;
+        }
+        self.ctx.decode(&mut self.batch).map_err(|e| Error::ModelEval { detail: e.to_string() })?;
+        for (i, cum) in out.iter_mut().enumerate().take(feed.len()) {
+            let logits = self.ctx.get_logits_ith(i as i32);
+            cum.resize(logits.len() + 1, 0);
+            logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
+        }
+        Ok(())
+    }
+}
+
+/// Loads a model file for coding, as `lmz` does.
+pub fn load(file: &ModelFile, max_block_tokens: u32, threads: usize) -> Result<LlamaLm> {
+    LlamaLm::load(file, max_block_tokens, LlamaOptions { threads })
+}
+
+/// Whether `path` looks like a GGUF file (its magic), before handing it to llama.cpp.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut m = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut m)).is_ok() && &m == b"GGUF"
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn engine_version_matches_lockfile() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+        let v = super::ENGINE_VERSION.strip_prefix("llama-cpp-sys-2 ").unwrap();
+        assert!(lock.contains(&format!("name = \"llama-cpp-sys-2\"\nversion = \"{v}\"")));
+    }
+}

@@ -1,0 +1,54 @@
+//! The model layer: next-token distributions for one or many block contexts at once.
+//!
+//! A [`Model`] owns a tokenizer (bytes ↔ tokens, lossless by construction: every token has a
+//! fixed byte string, its *piece*) and creates [`Evaluator`]s. An evaluator holds `width`
+//! independent sequences ("slots"), one per block in flight, and advances any subset of them
+//! by one token per [`Evaluator::step`]; each step yields, for every slot fed, the integer
+//! cumulative frequency table of the next token. The coder only ever sees those integers.
+//!
+//! Two implementations: [`order1::Order1`], a small deterministic pure-Rust model for tests,
+//! fuzzing and builds without llama.cpp; and `llama::LlamaLm` (feature `llama`), the only
+//! code that touches llama.cpp.
+
+pub mod fetch;
+#[cfg(feature = "llama")]
+pub mod llama;
+pub mod order1;
+pub mod quantize;
+
+use crate::error::Result;
+use crate::format::{Header, ModelPin};
+
+/// A token id.
+pub type Token = u32;
+
+pub trait Model: Send + Sync {
+    /// Everything about this model that changes probabilities, as recorded in the header.
+    fn pin(&self) -> ModelPin;
+
+    /// The header for an archive coded with this model (pin plus diagnostics).
+    fn header(&self, block_size: u32) -> Header;
+
+    /// Splits `bytes` into tokens whose pieces concatenate to exactly `bytes`; `None` when
+    /// this model cannot represent them (the block then uses another codec).
+    fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>>;
+
+    /// The bytes token `t` stands for (empty for tokens that are never emitted).
+    fn piece(&self, t: Token) -> &[u8];
+
+    /// An evaluator with `width` independent sequences.
+    fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>>;
+}
+
+/// Several sequences evaluated in lockstep. Every slot starts empty.
+pub trait Evaluator {
+    fn width(&self) -> usize;
+
+    /// Empties `slot` so that the next token fed to it is the first of a new block.
+    fn reset(&mut self, slot: usize) -> Result<()>;
+
+    /// Appends one token to each listed slot (`feed[i] = (slot, token)`, slots distinct) and
+    /// writes the cumulative frequency table of each slot's next token into `out[i]`
+    /// (`vocab + 1` entries, total `2^24`).
+    fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()>;
+}

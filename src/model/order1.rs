@@ -1,0 +1,133 @@
+//! An adaptive order-1 byte model in pure Rust.
+//!
+//! Fast, deterministic on every platform, and without external files: it lets tests, the
+//! fuzzers and the format vectors exercise the model-coded block path end to end in
+//! milliseconds. Tokens are bytes (vocabulary 256, BOS = token 0 as the initial context).
+//! After each token `t` seen in context `c` (the previous byte) the count `n[c][t]` grows by
+//! 32; a context's counts are halved when one passes 65,000. The next distribution is
+//! `1 + n[c][s]` scaled by [`quantize::weights_to_cum`].
+
+use sha2::{Digest, Sha256};
+
+use super::quantize::weights_to_cum;
+use super::{Evaluator, Model, Token};
+use crate::error::Result;
+use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
+
+const NAME: &str = "lmz-order1-v1";
+const INC: u32 = 32;
+const LIMIT: u32 = 65_000;
+
+/// The built-in order-1 model. `max_block_tokens` is its only setting.
+pub struct Order1 {
+    pieces: Vec<[u8; 1]>,
+    max_block_tokens: u32,
+}
+
+impl Order1 {
+    pub fn new(max_block_tokens: u32) -> Order1 {
+        Order1 { pieces: (0..=255u8).map(|b| [b]).collect(), max_block_tokens }
+    }
+}
+
+impl Default for Order1 {
+    fn default() -> Self {
+        Order1::new(1 << 20)
+    }
+}
+
+impl Model for Order1 {
+    fn pin(&self) -> ModelPin {
+        let sha: [u8; 32] = Sha256::digest(NAME.as_bytes()).into();
+        ModelPin {
+            kind: ModelKind::Order1,
+            sha256: sha,
+            size: 0,
+            vocab_size: 256,
+            freq_bits: FREQ_BITS,
+            tokenizer: Tokenizer::Bytes,
+            context_policy: 1,
+            bos: 0,
+            max_block_tokens: self.max_block_tokens,
+            schedule: 1,
+            flash_attn: 0,
+            kv_unified: 0,
+            kv_type: 0,
+        }
+    }
+
+    fn header(&self, block_size: u32) -> Header {
+        Header {
+            block_size,
+            pin: self.pin(),
+            model_name: NAME.into(),
+            backend: "rust".into(),
+            engine_version: concat!("lmz ", env!("CARGO_PKG_VERSION")).into(),
+            cpu_features: String::new(),
+        }
+    }
+
+    fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>> {
+        Some(bytes.iter().map(|&b| b as Token).collect())
+    }
+
+    fn piece(&self, t: Token) -> &[u8] {
+        self.pieces.get(t as usize).map_or(&[], |p| &p[..])
+    }
+
+    fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>> {
+        Ok(Box::new(Order1Eval { slots: (0..width).map(|_| Slot::new()).collect() }))
+    }
+}
+
+struct Slot {
+    counts: Vec<u32>,
+    prev: Option<u8>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot { counts: vec![0; 256 * 256], prev: None }
+    }
+}
+
+struct Order1Eval {
+    slots: Vec<Slot>,
+}
+
+impl Evaluator for Order1Eval {
+    fn width(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn reset(&mut self, slot: usize) -> Result<()> {
+        let s = &mut self.slots[slot];
+        s.counts.fill(0);
+        s.prev = None;
+        Ok(())
+    }
+
+    fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
+        let mut w = [0u32; 256];
+        for (&(slot, tok), cum) in feed.iter().zip(out.iter_mut()) {
+            let s = &mut self.slots[slot];
+            let t = (tok & 0xFF) as usize;
+            // The first token fed to a slot is BOS: context only, nothing to learn from.
+            if let Some(p) = s.prev {
+                let row = &mut s.counts[p as usize * 256..][..256];
+                row[t] += INC;
+                if row[t] > LIMIT {
+                    row.iter_mut().for_each(|c| *c /= 2);
+                }
+            }
+            s.prev = Some(t as u8);
+            let row = &s.counts[t * 256..][..256];
+            for (w, &c) in w.iter_mut().zip(row) {
+                *w = 1 + c;
+            }
+            cum.resize(257, 0);
+            weights_to_cum(&w, FREQ_BITS as u32, cum);
+        }
+        Ok(())
+    }
+}

@@ -72,13 +72,15 @@ pub struct StreamStats {
     pub bytes: u64,
 }
 
-/// Extracts the archive read from `r`. `load_model` is called once with the header and
-/// returns the model to decode with (it must check the pin).
+/// The model to decode with and where to extract, chosen once the header is known.
+pub type Setup<'m> = (Option<Box<dyn Model + 'm>>, Extractor);
+
+/// Extracts the archive read from `r`. `setup` is called once with the header: it loads and
+/// checks the model and only then creates the extractor, so a wrong model writes nothing.
 pub fn extract_stream<'m, R: Read>(
     r: R,
-    load_model: impl FnOnce(&Header) -> Result<Option<Box<dyn Model + 'm>>>,
+    setup: impl FnOnce(&Header) -> Result<Setup<'m>>,
     width: usize,
-    mut ex: Extractor,
 ) -> Result<StreamStats> {
     let mut inp = Input { r, pos: 0 };
     let mut head = vec![0u8; 16];
@@ -87,8 +89,16 @@ pub fn extract_stream<'m, R: Read>(
     head.resize(len, 0);
     inp.exact(&mut head[16..], "the header")?;
     let (header, _) = Header::decode(&head)?;
-    let model = load_model(&header)?;
+    let (model, mut ex) = setup(&header)?;
     let model = model.as_deref();
+    if let Some(m) = model {
+        if m.pin() != header.pin {
+            return Err(Error::ModelMismatch {
+                expected: format!("{} (sha256 {})", header.model_name, header.pin.sha256_hex()),
+                found: format!("the model loaded has sha256 {}", m.pin().sha256_hex()),
+            });
+        }
+    }
 
     let mut catalog = Catalog::default();
     let mut entry_offsets = Vec::new();

@@ -1,1 +1,375 @@
-fn main() {}
+//! `lmz`: the archiver. A thin command line over the `lmz` library: argument parsing,
+//! walking directories, progress and exit codes live here; everything about the format,
+//! the models and the coding lives in the library.
+#![deny(unsafe_code)]
+
+mod bench;
+mod engine;
+mod pack;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use lmz::archive::extract::{ExtractOptions, Extractor};
+use lmz::archive::Archive;
+use lmz::format::{hex, EntryKind};
+
+use engine::Engine;
+
+const EXIT_HELP: &str = "Exit status: 0 success, 1 other failure, 2 usage error (bad arguments, \
+unsafe or existing paths), 3 I/O error, 4 corrupt or truncated archive (or a block that fails \
+its CRC), 5 model problem (missing, unusable, or not the model the archive was written with).";
+
+#[derive(Parser)]
+#[command(name = "lmz", version, about = "Lossless compression with a language model, in random-access archives", after_help = EXIT_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// More messages on stderr (repeat for debug output).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+/// Model and evaluation settings shared by every command.
+#[derive(Args, Clone, Debug)]
+struct ModelArgs {
+    /// GGUF model file (default: $LMZ_MODEL, then the cached default model, fetched on first use).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Inference threads (at most the number of cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Blocks evaluated together, one model sequence each.
+    #[arg(long, value_name = "W", default_value_t = 8)]
+    batch: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Pack files and directories (or `-` for stdin) into an archive.
+    Pack {
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+        /// Archive to write (`-` for stdout).
+        #[arg(short, long, value_name = "ARCHIVE")]
+        output: PathBuf,
+        /// Largest block of plain bytes; smaller blocks mean faster random reads, larger ones a
+        /// better ratio.
+        #[arg(long, value_name = "BYTES", default_value_t = 8192)]
+        block_size: u32,
+        /// Probability model: llama (the language model), order1 (built-in, fast, weak) or none
+        /// (zstd only).
+        #[arg(long, value_enum, default_value_t = Engine::Llama)]
+        engine: Engine,
+        /// zstd level for blocks the model does not win.
+        #[arg(long, default_value_t = 19)]
+        zstd_level: i32,
+        /// Entry name for data read from stdin.
+        #[arg(long, default_value = "stdin")]
+        stdin_name: String,
+        #[command(flatten)]
+        m: ModelArgs,
+    },
+    /// Extract an archive (`-` reads it from stdin) into a directory.
+    Unpack {
+        archive: PathBuf,
+        /// Destination directory (created if missing).
+        #[arg(short = 'C', long = "directory", value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+        #[command(flatten)]
+        m: ModelArgs,
+    },
+    /// List the entries of an archive.
+    List {
+        archive: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Long format: kind, mode, owner, size, mtime.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Write (a byte range of) one file to stdout, decoding only the blocks that cover it.
+    Cat {
+        archive: PathBuf,
+        path: String,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long)]
+        length: Option<u64>,
+        /// Report on stderr how many blocks were decoded.
+        #[arg(long)]
+        stats: bool,
+        #[command(flatten)]
+        m: ModelArgs,
+    },
+    /// Decode every block and check every CRC.
+    Verify {
+        archive: PathBuf,
+        #[command(flatten)]
+        m: ModelArgs,
+    },
+    /// Compare lmz with xz -9 and zstd -19 on files: ratio, coder overhead, throughput.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet {
+        log::LevelFilter::Error
+    } else {
+        match cli.verbose {
+            0 => log::LevelFilter::Info,
+            1 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format(|buf, record| writeln!(buf, "lmz: {}", record.args()))
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lmz: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(le) = cause.downcast_ref::<lmz::Error>() {
+            return match le.class() {
+                lmz::Class::Usage => 2,
+                lmz::Class::Io => 3,
+                lmz::Class::Corrupt => 4,
+                lmz::Class::Model => 5,
+            };
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return 3;
+        }
+    }
+    1
+}
+
+fn open_archive(path: &PathBuf) -> Result<Archive> {
+    Ok(Archive::open(path)?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let show_progress = !cli.quiet;
+    match cli.cmd {
+        Cmd::Pack { inputs, output, block_size, engine, zstd_level, stdin_name, m } => {
+            pack::run(pack::PackArgs { inputs, output, block_size, engine, zstd_level, stdin_name, m, show_progress })
+        }
+        Cmd::Unpack { archive, dir, overwrite, m } => unpack(&archive, &dir, overwrite, &m),
+        Cmd::List { archive, json, long } => list(&archive, json, long),
+        Cmd::Cat { archive, path, offset, length, stats, m } => cat(&archive, &path, offset, length, stats, &m),
+        Cmd::Verify { archive, m } => verify(&archive, &m),
+        Cmd::Bench(args) => bench::run(args),
+    }
+}
+
+fn extract_options(overwrite: bool) -> ExtractOptions {
+    ExtractOptions { overwrite, owners: true }
+}
+
+fn unpack(archive: &PathBuf, dir: &PathBuf, overwrite: bool, m: &ModelArgs) -> Result<()> {
+    if archive.as_os_str() == "-" {
+        let stdin = std::io::stdin().lock();
+        let input = std::io::BufReader::with_capacity(1 << 20, stdin);
+        let stats = lmz::archive::stream::extract_stream(
+            input,
+            |h| {
+                let model = engine::load_for_archive(h, m)?;
+                Ok((model, Extractor::new(dir, extract_options(overwrite))?))
+            },
+            m.batch,
+        );
+        let s = stats.context("unpacking from stdin")?;
+        log::info!("extracted {} entries, {} bytes, from {} blocks", s.entries, s.bytes, s.blocks);
+        return Ok(());
+    }
+    let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
+    let model = engine::load_for_archive(a.header(), m)?;
+    let model = model.as_deref();
+    a.check_model(model)?;
+    let mut ex = Extractor::new(dir, extract_options(overwrite))?;
+    for e in a.entries() {
+        ex.begin(e).with_context(|| format!("extracting {}", String::from_utf8_lossy(&e.path)))?;
+    }
+    let chunk = m.batch.max(16);
+    let bar = progress(a.data_len(), !log::log_enabled!(log::Level::Info));
+    let mut i = 0;
+    while i < a.block_count() {
+        let end = (i + chunk).min(a.block_count());
+        for (k, r) in a.decode_blocks(model, i..end, m.batch)?.into_iter().enumerate() {
+            let plain = r.with_context(|| format!("{}: block {}", archive.display(), i + k))?;
+            ex.data(a.block_start(i + k), &plain)?;
+            bar.inc(plain.len() as u64);
+        }
+        i = end;
+    }
+    bar.finish_and_clear();
+    let (files, bytes) = ex.finish()?;
+    log::info!("extracted {} entries ({files} files, {bytes} bytes) into {}", a.entries().len(), dir.display());
+    Ok(())
+}
+
+pub fn progress(total: u64, hidden: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if hidden || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn list(archive: &PathBuf, json: bool, long: bool) -> Result<()> {
+    let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let h = a.header();
+        let entries: Vec<serde_json::Value> = a
+            .entries()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "path": String::from_utf8_lossy(&e.path),
+                    "kind": kind_name(e.kind),
+                    "mode": e.mode,
+                    "uid": e.uid,
+                    "gid": e.gid,
+                    "mtime_sec": e.mtime_sec,
+                    "mtime_nsec": e.mtime_nsec,
+                    "size": e.size,
+                    "link": if e.link.is_empty() { None } else { Some(String::from_utf8_lossy(&e.link)) },
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "format_version": lmz::format::VERSION,
+            "block_size": h.block_size,
+            "model": {
+                "kind": format!("{:?}", h.pin.kind),
+                "name": h.model_name,
+                "sha256": hex(&h.pin.sha256),
+                "size": h.pin.size,
+                "vocab_size": h.pin.vocab_size,
+                "max_block_tokens": h.pin.max_block_tokens,
+            },
+            "written_with": { "backend": h.backend, "engine": h.engine_version, "cpu": h.cpu_features },
+            "blocks": a.block_count(),
+            "data_bytes": a.data_len(),
+            "archive_bytes": a.archive_len(),
+            "entries": entries,
+        });
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for e in a.entries() {
+        let path = String::from_utf8_lossy(&e.path);
+        if long {
+            let link = match e.kind {
+                EntryKind::Symlink => format!(" -> {}", String::from_utf8_lossy(&e.link)),
+                EntryKind::HardLink => format!(" link to {}", String::from_utf8_lossy(&e.link)),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "{} {:04o} {:>5}/{:<5} {:>12} {}.{:09} {path}{link}",
+                kind_name(e.kind),
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                e.mtime_sec,
+                e.mtime_nsec
+            )?;
+        } else {
+            writeln!(out, "{path}")?;
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+        EntryKind::HardLink => "hardlink",
+    }
+}
+
+fn cat(archive: &PathBuf, path: &str, offset: u64, length: Option<u64>, stats: bool, m: &ModelArgs) -> Result<()> {
+    let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
+    let idx = a
+        .find(path.trim_start_matches("./").trim_end_matches('/').as_bytes())
+        .ok_or_else(|| lmz::Error::usage(format!("{path}: no such entry in {}", archive.display())))?;
+    a.file_entry(idx)?;
+    let model = engine::load_for_archive(a.header(), m)?;
+    a.check_model(model.as_deref())?;
+    let bytes = a.read(model.as_deref(), idx, offset, length.unwrap_or(u64::MAX), m.batch)?;
+    std::io::stdout().lock().write_all(&bytes)?;
+    if stats {
+        eprintln!("lmz: decoded {} of {} blocks", a.blocks_decoded(), a.block_count());
+    }
+    Ok(())
+}
+
+fn verify(archive: &PathBuf, m: &ModelArgs) -> Result<()> {
+    let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
+    let model = engine::load_for_archive(a.header(), m)?;
+    a.check_model(model.as_deref())?;
+    let chunk = m.batch.max(16);
+    let mut bad = 0usize;
+    let mut first: Option<lmz::Error> = None;
+    let bar = progress(a.data_len(), !log::log_enabled!(log::Level::Info));
+    let mut i = 0;
+    while i < a.block_count() {
+        let end = (i + chunk).min(a.block_count());
+        for (k, r) in a.decode_blocks(model.as_deref(), i..end, m.batch)?.into_iter().enumerate() {
+            match r {
+                Ok(p) => bar.inc(p.len() as u64),
+                Err(e) => {
+                    log::error!("block {}: {e}", i + k);
+                    bad += 1;
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        i = end;
+    }
+    bar.finish_and_clear();
+    match first {
+        None => {
+            log::info!(
+                "{}: OK ({} entries, {} blocks, {} bytes)",
+                archive.display(),
+                a.entries().len(),
+                a.block_count(),
+                a.data_len()
+            );
+            Ok(())
+        }
+        Some(e) => Err(anyhow::Error::new(e).context(format!("{}: {bad} of {} blocks failed", archive.display(), a.block_count()))),
+    }
+}

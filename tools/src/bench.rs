@@ -1,0 +1,139 @@
+//! `lmz bench`: lmz next to xz -9 and zstd -19 on the same bytes, in one run.
+//!
+//! For each file (or its first `--limit` bytes): pack it into an in-memory archive, unpack
+//! it and compare, and run the baselines. Reports bits per byte of the whole archive, the
+//! model's ideal bits per byte (Σ −log2 p over the coded tokens), the range coder's overhead
+//! against that ideal, and pack/unpack throughput.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+
+use lmz::archive::{Archive, Meta, Writer, WriterOptions};
+use lmz::format::Codec;
+
+use crate::engine::{self, Engine};
+use crate::ModelArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Use only the first BYTES of each file.
+    #[arg(long, value_name = "BYTES")]
+    limit: Option<u64>,
+    #[arg(long, default_value_t = 8192)]
+    block_size: u32,
+    #[arg(long, value_enum, default_value_t = Engine::Llama)]
+    engine: Engine,
+    /// Skip xz and zstd.
+    #[arg(long)]
+    no_baselines: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    m: ModelArgs,
+}
+
+fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
+    let mut child = Command::new(cmd).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    let mut stdin = child.stdin.take()?;
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().ok()?;
+    feeder.join().ok()?.ok()?;
+    out.status.success().then_some(out.stdout.len())
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
+    let model = model.as_deref();
+    let mut rows = Vec::new();
+    if !args.json {
+        println!(
+            "| file | bytes | lmz bpb | model ideal bpb | coder overhead bits/token | bytes/block | xz -9e bpb | zstd -19 bpb | pack B/s | pack tok/s | unpack B/s | unpack tok/s |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    }
+    for path in &args.files {
+        let mut data = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        if let Some(l) = args.limit {
+            data.truncate(l as usize);
+        }
+        let opts = WriterOptions { block_size: args.block_size, width: args.m.batch.max(1), zstd_level: 19 };
+        let t0 = Instant::now();
+        let mut w = Writer::new(Vec::new(), model, opts)?;
+        let name = path.file_name().map_or(b"file".to_vec(), |n| n.to_string_lossy().as_bytes().to_vec());
+        w.add_file(&name, Meta { mode: 0o644, ..Meta::default() }, data.len() as u64, &mut data.as_slice())?;
+        let (bytes, stats) = w.finish()?;
+        let pack_s = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let a = Archive::from_bytes(bytes)?;
+        let mut back = Vec::with_capacity(data.len());
+        for r in a.decode_blocks(model, 0..a.block_count(), args.m.batch)? {
+            back.extend_from_slice(&r?);
+        }
+        let unpack_s = t1.elapsed().as_secs_f64();
+        ensure!(back == data, "{}: round trip differs", path.display());
+
+        let n = data.len().max(1) as f64;
+        let mi = Codec::Model as usize;
+        let model_bits = stats.coded[mi] as f64 * 8.0;
+        let tokens = stats.kept_tokens.max(1) as f64;
+        let (xz, zs) = if args.no_baselines {
+            (None, None)
+        } else {
+            (baseline("xz", &["-9e", "-c"], &data), baseline("zstd", &["-19", "-c", "-q"], &data))
+        };
+        let row = serde_json::json!({
+            "file": path.display().to_string(),
+            "bytes": data.len(),
+            "archive_bytes": stats.archive_bytes,
+            "lmz_bpb": stats.archive_bytes as f64 * 8.0 / n,
+            "blocks": { "model": stats.blocks[mi], "zstd": stats.blocks[Codec::Zstd as usize], "stored": stats.blocks[Codec::Stored as usize] },
+            "model_plain_bytes": stats.plain[mi],
+            "model_ideal_bpb": if stats.plain[mi] > 0 { stats.kept_ideal_bits / stats.plain[mi] as f64 } else { 0.0 },
+            "model_coded_bpb": if stats.plain[mi] > 0 { model_bits / stats.plain[mi] as f64 } else { 0.0 },
+            "coder_overhead_bits_per_token": if stats.kept_tokens > 0 { (model_bits - stats.kept_ideal_bits) / tokens } else { 0.0 },
+            "coder_overhead_bytes_per_block": if stats.blocks[mi] > 0 { (model_bits - stats.kept_ideal_bits) / 8.0 / stats.blocks[mi] as f64 } else { 0.0 },
+            "tokens": stats.kept_tokens,
+            "xz_bpb": xz.map(|x| x as f64 * 8.0 / n),
+            "zstd_bpb": zs.map(|x| x as f64 * 8.0 / n),
+            "pack_seconds": pack_s,
+            "pack_bytes_per_s": n / pack_s,
+            "pack_tokens_per_s": stats.model.tokens as f64 / pack_s,
+            "unpack_seconds": unpack_s,
+            "unpack_bytes_per_s": n / unpack_s,
+            "unpack_tokens_per_s": stats.kept_tokens as f64 / unpack_s,
+        });
+        if !args.json {
+            let f = |k: &str| row[k].as_f64().map_or("–".to_string(), |v| format!("{v:.3}"));
+            let g = |k: &str| row[k].as_f64().map_or("–".to_string(), |v| format!("{v:.0}"));
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+                data.len(),
+                f("lmz_bpb"),
+                f("model_ideal_bpb"),
+                format!("{:.4}", row["coder_overhead_bits_per_token"].as_f64().unwrap_or(0.0)),
+                f("coder_overhead_bytes_per_block"),
+                f("xz_bpb"),
+                f("zstd_bpb"),
+                g("pack_bytes_per_s"),
+                format!("{:.1}", row["pack_tokens_per_s"].as_f64().unwrap_or(0.0)),
+                g("unpack_bytes_per_s"),
+                format!("{:.1}", row["unpack_tokens_per_s"].as_f64().unwrap_or(0.0)),
+            );
+        }
+        rows.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}

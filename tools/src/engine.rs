@@ -1,0 +1,65 @@
+//! Choosing and loading the probability model for a command.
+
+use lmz::format::{Header, ModelKind};
+use lmz::model::order1::Order1;
+use lmz::model::Model;
+
+use crate::ModelArgs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// The language model (llama.cpp).
+    Llama,
+    /// The built-in adaptive order-1 byte model.
+    Order1,
+    /// No model: zstd or stored blocks only.
+    None,
+}
+
+/// Most tokens a model block of `block_size` bytes may hold. Text averages 3–5 bytes per
+/// token; a block needing more than one token per two bytes is not text and goes to zstd.
+pub fn max_block_tokens(block_size: u32) -> u32 {
+    (block_size / 2).max(64)
+}
+
+/// The model for packing.
+pub fn load_for_pack(engine: Engine, block_size: u32, m: &ModelArgs) -> lmz::Result<Option<Box<dyn Model>>> {
+    Ok(match engine {
+        Engine::None => None,
+        Engine::Order1 => Some(Box::new(Order1::new(block_size))),
+        Engine::Llama => Some(load_llama(m, lmz::model::fetch::Want::Default, max_block_tokens(block_size))?),
+    })
+}
+
+/// The model an archive needs, verified against its pin before anything is decoded.
+pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn Model>>> {
+    let model: Box<dyn Model> = match h.pin.kind {
+        ModelKind::None => return Ok(None),
+        ModelKind::Order1 => Box::new(Order1::new(h.pin.max_block_tokens)),
+        ModelKind::Llama => load_llama(
+            m,
+            lmz::model::fetch::Want::Pinned { pin: &h.pin, name: &h.model_name },
+            h.pin.max_block_tokens,
+        )?,
+    };
+    if model.pin() != h.pin {
+        return Err(lmz::Error::ModelMismatch {
+            expected: format!("{} with settings {:?}", h.model_name, h.pin),
+            found: format!("the model loaded has settings {:?}", model.pin()),
+        });
+    }
+    Ok(Some(model))
+}
+
+#[cfg(feature = "llama")]
+fn load_llama(m: &ModelArgs, want: lmz::model::fetch::Want<'_>, max_tokens: u32) -> lmz::Result<Box<dyn Model>> {
+    let file = lmz::model::fetch::resolve(m.model.as_deref(), want)?;
+    log::debug!("model: {}", file.describe());
+    let threads = m.threads.unwrap_or_else(lmz::model::llama::available_cores);
+    Ok(Box::new(lmz::model::llama::load(&file, max_tokens, threads)?))
+}
+
+#[cfg(not(feature = "llama"))]
+fn load_llama(_: &ModelArgs, _: lmz::model::fetch::Want<'_>, _: u32) -> lmz::Result<Box<dyn Model>> {
+    Err(lmz::Error::ModelUnavailable { detail: "this lmz was built without the llama feature".into() })
+}

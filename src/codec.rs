@@ -83,7 +83,9 @@ pub fn encode_blocks(
         })
         .collect();
     let mut stats = ModelStats::default();
-    let Some(model) = model else { return Ok((out, stats)) };
+    let Some(model) = model else {
+        return Ok((out, stats));
+    };
     let max_tokens = model.pin().max_block_tokens as usize;
     // Candidates: blocks zstd can shrink by ≥ 10% and the model can tokenize compactly.
     let mut jobs = Vec::new();
@@ -97,7 +99,11 @@ pub fn encode_blocks(
             }
         }
     }
-    let coded = encode_model(model, jobs.iter().map(|(_, t)| t.as_slice()).collect(), width)?;
+    let coded = encode_model(
+        model,
+        jobs.iter().map(|(_, t)| t.as_slice()).collect(),
+        width,
+    )?;
     for ((i, tokens), (payload, ideal)) in jobs.iter().zip(coded) {
         stats.blocks += 1;
         stats.tokens += tokens.len() as u64;
@@ -128,7 +134,11 @@ trait Job {
 
 /// Runs `jobs` through `model`, `width` at a time. A job that fails is reported through
 /// its `Result` slot and its lane refilled; the others continue.
-fn run_lockstep(model: &dyn Model, jobs: &mut [&mut dyn Job], width: usize) -> Result<Vec<Option<Error>>> {
+fn run_lockstep(
+    model: &dyn Model,
+    jobs: &mut [&mut dyn Job],
+    width: usize,
+) -> Result<Vec<Option<Error>>> {
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
     if jobs.is_empty() {
         return Ok(failed);
@@ -190,7 +200,9 @@ impl Job for EncodeJob<'_> {
     fn take(&mut self, k: usize, cum: &[u32]) -> Result<Token> {
         let t = self.tokens[k] as usize;
         if t + 1 >= cum.len() {
-            return Err(Error::usage(format!("token {t} outside the model's vocabulary")));
+            return Err(Error::usage(format!(
+                "token {t} outside the model's vocabulary"
+            )));
         }
         self.enc.encode(cum[t], cum[t + 1] - cum[t], BITS);
         self.ideal += ideal_bits(cum, t, BITS);
@@ -202,13 +214,31 @@ impl Job for EncodeJob<'_> {
 }
 
 /// Range-codes token sequences under `model`; returns (payload, ideal bits) per sequence.
-pub fn encode_model(model: &dyn Model, seqs: Vec<&[Token]>, width: usize) -> Result<Vec<(Vec<u8>, f64)>> {
-    let mut jobs: Vec<EncodeJob> = seqs.into_iter().map(|t| EncodeJob { tokens: t, enc: Encoder::new(), ideal: 0.0 }).collect();
+pub fn encode_model(
+    model: &dyn Model,
+    seqs: Vec<&[Token]>,
+    width: usize,
+) -> Result<Vec<(Vec<u8>, f64)>> {
+    let mut jobs: Vec<EncodeJob> = seqs
+        .into_iter()
+        .map(|t| EncodeJob {
+            tokens: t,
+            enc: Encoder::new(),
+            ideal: 0.0,
+        })
+        .collect();
     let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-    if let Some(e) = run_lockstep(model, &mut refs, width)?.into_iter().flatten().next() {
+    if let Some(e) = run_lockstep(model, &mut refs, width)?
+        .into_iter()
+        .flatten()
+        .next()
+    {
         return Err(e);
     }
-    Ok(jobs.into_iter().map(|j| (j.enc.finish(), j.ideal)).collect())
+    Ok(jobs
+        .into_iter()
+        .map(|j| (j.enc.finish(), j.ideal))
+        .collect())
 }
 
 struct DecodeJob<'a, 'm> {
@@ -227,10 +257,12 @@ impl Job for DecodeJob<'_, '_> {
         self.tokens[k - 1]
     }
     fn take(&mut self, _k: usize, cum: &[u32]) -> Result<Token> {
-        let t = self
-            .dec
-            .decode(cum, BITS)
-            .ok_or_else(|| Error::corrupt(self.offset, format!("block {}: invalid model-coded stream", self.block)))?;
+        let t = self.dec.decode(cum, BITS).ok_or_else(|| {
+            Error::corrupt(
+                self.offset,
+                format!("block {}: invalid model-coded stream", self.block),
+            )
+        })?;
         let piece = self.model.piece(t as Token);
         if self.plain.len() + piece.len() > self.limit {
             return Err(Error::corrupt(
@@ -252,12 +284,22 @@ fn check_plain(b: &BlockRefData<'_>, plain: Vec<u8>) -> Result<Vec<u8>> {
     if plain.len() != b.header.plain_len as usize {
         return Err(Error::corrupt(
             b.offset,
-            format!("block {} decoded to {} bytes, expected {}", b.number, plain.len(), b.header.plain_len),
+            format!(
+                "block {} decoded to {} bytes, expected {}",
+                b.number,
+                plain.len(),
+                b.header.plain_len
+            ),
         ));
     }
     let actual = crc32fast::hash(&plain);
     if actual != b.header.plain_crc {
-        return Err(Error::BlockCrc { block: b.number, offset: b.offset, expected: b.header.plain_crc, actual });
+        return Err(Error::BlockCrc {
+            block: b.number,
+            offset: b.offset,
+            expected: b.header.plain_crc,
+            actual,
+        });
     }
     Ok(plain)
 }
@@ -265,12 +307,19 @@ fn check_plain(b: &BlockRefData<'_>, plain: Vec<u8>) -> Result<Vec<u8>> {
 /// Decodes blocks; model blocks run `width` at a time in lockstep. Each block gets its own
 /// result: a damaged block does not stop the others. The outer error is for failures of the
 /// model itself.
-pub fn decode_blocks(model: Option<&dyn Model>, blocks: &[BlockRefData<'_>], width: usize) -> Result<Vec<Result<Vec<u8>>>> {
+pub fn decode_blocks(
+    model: Option<&dyn Model>,
+    blocks: &[BlockRefData<'_>],
+    width: usize,
+) -> Result<Vec<Result<Vec<u8>>>> {
     let mut results: Vec<Option<Result<Vec<u8>>>> = blocks.iter().map(|_| None).collect();
     let mut model_jobs = Vec::new();
     for (i, b) in blocks.iter().enumerate() {
         if crc32fast::hash(b.payload) != b.header.coded_crc {
-            results[i] = Some(Err(Error::corrupt(b.offset, format!("block {}: payload CRC32 mismatch", b.number))));
+            results[i] = Some(Err(Error::corrupt(
+                b.offset,
+                format!("block {}: payload CRC32 mismatch", b.number),
+            )));
             continue;
         }
         let plain_len = b.header.plain_len as usize;
@@ -282,7 +331,10 @@ pub fn decode_blocks(model: Option<&dyn Model>, blocks: &[BlockRefData<'_>], wid
                     .and_then(|p| check_plain(b, p)),
             ),
             Codec::Model => match model {
-                None => Some(Err(Error::usage(format!("block {} needs the archive's model", b.number)))),
+                None => Some(Err(Error::usage(format!(
+                    "block {} needs the archive's model",
+                    b.number
+                )))),
                 Some(_) => {
                     model_jobs.push(i);
                     None
@@ -316,7 +368,10 @@ pub fn decode_blocks(model: Option<&dyn Model>, blocks: &[BlockRefData<'_>], wid
             });
         }
     }
-    Ok(results.into_iter().map(|r| r.expect("every block decided")).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every block decided"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -328,7 +383,12 @@ mod tests {
         let refs: Vec<BlockRefData> = coded
             .iter()
             .enumerate()
-            .map(|(i, c)| BlockRefData { number: i as u64, offset: 0, header: c.header, payload: &c.payload })
+            .map(|(i, c)| BlockRefData {
+                number: i as u64,
+                offset: 0,
+                header: c.header,
+                payload: &c.payload,
+            })
             .collect();
         decode_blocks(Some(model), &refs, width).unwrap()
     }
@@ -336,7 +396,9 @@ mod tests {
     #[test]
     fn model_blocks_round_trip_across_widths() {
         let m = Order1::default();
-        let texts: Vec<Vec<u8>> = (0..7).map(|i| markov_text(i, 300 + 50 * i as usize)).collect();
+        let texts: Vec<Vec<u8>> = (0..7)
+            .map(|i| markov_text(i, 300 + 50 * i as usize))
+            .collect();
         let plains: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
         let (coded, stats) = encode_blocks(Some(&m), &plains, 3, 19).unwrap();
         assert!(stats.blocks > 0);

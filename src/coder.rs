@@ -34,7 +34,13 @@ impl Default for Encoder {
 
 impl Encoder {
     pub fn new() -> Encoder {
-        Encoder { low: 0, range: u32::MAX, cache: 0, cache_size: 1, out: Vec::new() }
+        Encoder {
+            low: 0,
+            range: u32::MAX,
+            cache: 0,
+            cache_size: 1,
+            out: Vec::new(),
+        }
     }
 
     /// Encodes the symbol whose interval is `[start, start + freq)` out of `2^bits`.
@@ -97,7 +103,12 @@ pub struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     pub fn new(input: &'a [u8]) -> Decoder<'a> {
-        let mut d = Decoder { code: 0, range: u32::MAX, input, pos: 0 };
+        let mut d = Decoder {
+            code: 0,
+            range: u32::MAX,
+            input,
+            pos: 0,
+        };
         for _ in 0..4 {
             d.code = (d.code << 8) | d.next_byte() as u32;
         }
@@ -189,11 +200,20 @@ mod tests {
     #[test]
     fn overhead_is_small() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        for (vocab, skew) in [(2usize, 1u32), (256, 1), (256, 8), (49_152, 4), (49_152, 16), (49_152, 30)] {
+        for (vocab, skew) in [
+            (2usize, 1u32),
+            (256, 1),
+            (256, 8),
+            (49_152, 4),
+            (49_152, 16),
+            (49_152, 30),
+        ] {
             // Several tables per vocabulary, switched per symbol like a model's predictions.
             let tables: Vec<Vec<u32>> = (0..8)
                 .map(|_| {
-                    let w: Vec<u64> = (0..vocab).map(|_| 1 + (rng.next() >> (64 - skew))).collect();
+                    let w: Vec<u64> = (0..vocab)
+                        .map(|_| 1 + (rng.next() >> (64 - skew)))
+                        .collect();
                     // Skew: a few symbols get most of the mass.
                     let mut w = w;
                     for _ in 0..3 {
@@ -217,7 +237,10 @@ mod tests {
             let bytes = enc.finish();
             let actual = bytes.len() as f64 * 8.0;
             let overhead = (actual - ideal - 64.0) / n as f64;
-            assert!(overhead <= 0.01, "vocab {vocab} skew {skew}: {overhead} bits/symbol over ideal");
+            assert!(
+                overhead <= 0.01,
+                "vocab {vocab} skew {skew}: {overhead} bits/symbol over ideal"
+            );
             let mut dec = Decoder::new(&bytes);
             for (i, &s) in syms.iter().enumerate() {
                 assert_eq!(dec.decode(&tables[i % tables.len()], 24), Some(s));

@@ -31,7 +31,12 @@ pub enum Error {
     Corrupt { offset: u64, detail: String },
     /// A block decoded, but its plain bytes do not match the CRC32 recorded for them: the
     /// block is damaged, or the model evaluated differently than when it was written.
-    BlockCrc { block: u64, offset: u64, expected: u32, actual: u32 },
+    BlockCrc {
+        block: u64,
+        offset: u64,
+        expected: u32,
+        actual: u32,
+    },
     /// The archive is valid but uses something this build does not implement.
     Unsupported { offset: u64, detail: String },
     /// The model at hand is not the one the archive pins.
@@ -55,23 +60,31 @@ impl Error {
             Error::Corrupt { .. } | Error::BlockCrc { .. } | Error::Unsupported { .. } => {
                 Class::Corrupt
             }
-            Error::ModelMismatch { .. } | Error::ModelUnavailable { .. } | Error::ModelEval { .. } => {
-                Class::Model
-            }
+            Error::ModelMismatch { .. }
+            | Error::ModelUnavailable { .. }
+            | Error::ModelEval { .. } => Class::Model,
             Error::Usage { .. } | Error::UnsafePath { .. } => Class::Usage,
         }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn corrupt(offset: u64, detail: impl Into<String>) -> Error {
-        Error::Corrupt { offset, detail: detail.into() }
+        Error::Corrupt {
+            offset,
+            detail: detail.into(),
+        }
     }
 
     pub fn usage(detail: impl Into<String>) -> Error {
-        Error::Usage { detail: detail.into() }
+        Error::Usage {
+            detail: detail.into(),
+        }
     }
 }
 
@@ -82,7 +95,12 @@ impl fmt::Display for Error {
             Error::Corrupt { offset, detail } => {
                 write!(f, "corrupt archive at byte {offset}: {detail}")
             }
-            Error::BlockCrc { block, offset, expected, actual } => write!(
+            Error::BlockCrc {
+                block,
+                offset,
+                expected,
+                actual,
+            } => write!(
                 f,
                 "block {block} (at byte {offset}) decoded to bytes whose CRC32 is {actual:08x}, \
                  expected {expected:08x}: the block is damaged or the model evaluated differently \

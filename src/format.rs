@@ -170,7 +170,12 @@ impl Header {
         out[39] = p.kv_type;
         LE::write_u64(&mut out[40..], p.size);
         out[48..80].copy_from_slice(&p.sha256);
-        for s in [&self.model_name, &self.backend, &self.engine_version, &self.cpu_features] {
+        for s in [
+            &self.model_name,
+            &self.backend,
+            &self.engine_version,
+            &self.cpu_features,
+        ] {
             // Strings are diagnostics: cut them rather than fail (at a char boundary).
             let mut end = s.len().min(255);
             while !s.is_char_boundary(end) {
@@ -192,7 +197,10 @@ impl Header {
     /// stream reader knows how much more to read. Checks the magic and version first.
     pub fn peek_len(bytes: &[u8]) -> Result<usize> {
         if bytes.len() < 16 {
-            return Err(Error::corrupt(bytes.len() as u64, "archive shorter than its header"));
+            return Err(Error::corrupt(
+                bytes.len() as u64,
+                "archive shorter than its header",
+            ));
         }
         if bytes[..8] != HEADER_MAGIC {
             return Err(Error::corrupt(0, "not an lmz archive (bad header magic)"));
@@ -206,7 +214,10 @@ impl Header {
         }
         let len = LE::read_u32(&bytes[12..]) as usize;
         if !(HEADER_FIXED_LEN + 8 + 4..=HEADER_MAX_LEN).contains(&len) {
-            return Err(Error::corrupt(12, format!("header length {len} out of range")));
+            return Err(Error::corrupt(
+                12,
+                format!("header length {len} out of range"),
+            ));
         }
         Ok(len)
     }
@@ -215,7 +226,10 @@ impl Header {
     pub fn decode(bytes: &[u8]) -> Result<(Header, usize)> {
         let len = Header::peek_len(bytes)?;
         if bytes.len() < len {
-            return Err(Error::corrupt(bytes.len() as u64, "archive truncated inside its header"));
+            return Err(Error::corrupt(
+                bytes.len() as u64,
+                "archive truncated inside its header",
+            ));
         }
         let b = &bytes[..len];
         let stored = LE::read_u32(&b[len - 4..]);
@@ -231,12 +245,19 @@ impl Header {
         }
         let block_size = LE::read_u32(&b[16..]);
         if block_size == 0 || block_size > MAX_BLOCK_SIZE {
-            return Err(Error::corrupt(16, format!("block size {block_size} out of range")));
+            return Err(Error::corrupt(
+                16,
+                format!("block size {block_size} out of range"),
+            ));
         }
-        let kind = ModelKind::from_u8(b[20])
-            .ok_or_else(|| Error::Unsupported { offset: 20, detail: format!("model kind {}", b[20]) })?;
-        let tokenizer = Tokenizer::from_u8(b[22])
-            .ok_or_else(|| Error::Unsupported { offset: 22, detail: format!("tokenizer {}", b[22]) })?;
+        let kind = ModelKind::from_u8(b[20]).ok_or_else(|| Error::Unsupported {
+            offset: 20,
+            detail: format!("model kind {}", b[20]),
+        })?;
+        let tokenizer = Tokenizer::from_u8(b[22]).ok_or_else(|| Error::Unsupported {
+            offset: 22,
+            detail: format!("tokenizer {}", b[22]),
+        })?;
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(&b[48..80]);
         let pin = ModelPin {
@@ -259,12 +280,18 @@ impl Header {
         let mut strings = Vec::with_capacity(4);
         for _ in 0..4 {
             if pos + 2 > len - 4 {
-                return Err(Error::corrupt(pos as u64, "header strings overrun the header"));
+                return Err(Error::corrupt(
+                    pos as u64,
+                    "header strings overrun the header",
+                ));
             }
             let n = LE::read_u16(&b[pos..]) as usize;
             pos += 2;
             if pos + n > len - 4 {
-                return Err(Error::corrupt(pos as u64, "header string overruns the header"));
+                return Err(Error::corrupt(
+                    pos as u64,
+                    "header string overruns the header",
+                ));
             }
             let s = std::str::from_utf8(&b[pos..pos + n])
                 .map_err(|_| Error::corrupt(pos as u64, "header string is not UTF-8"))?;
@@ -272,7 +299,10 @@ impl Header {
             pos += n;
         }
         if pos != len - 4 {
-            return Err(Error::corrupt(pos as u64, "unexpected bytes after the header strings"));
+            return Err(Error::corrupt(
+                pos as u64,
+                "unexpected bytes after the header strings",
+            ));
         }
         let mut it = strings.into_iter();
         let mut next = || it.next().unwrap_or_default();
@@ -318,7 +348,11 @@ fn validate_pin(p: &ModelPin) -> Result<()> {
                     detail: "context policy or evaluation schedule unknown".into(),
                 });
             }
-            let want_tok = if p.kind == ModelKind::Order1 { Tokenizer::Bytes } else { Tokenizer::LlamaPieces };
+            let want_tok = if p.kind == ModelKind::Order1 {
+                Tokenizer::Bytes
+            } else {
+                Tokenizer::LlamaPieces
+            };
             if p.tokenizer != want_tok {
                 return bad(22, "tokenizer does not belong to the model kind");
             }
@@ -389,7 +423,10 @@ impl BlockHeader {
     /// header is `header`.
     pub fn decode(b: &[u8], offset: u64, header: &Header) -> Result<BlockHeader> {
         if b.len() < BLOCK_HEADER_LEN {
-            return Err(Error::corrupt(offset, "archive truncated inside a block header"));
+            return Err(Error::corrupt(
+                offset,
+                "archive truncated inside a block header",
+            ));
         }
         if b[..4] != BLOCK_MAGIC {
             return Err(Error::corrupt(offset, "bad block magic"));
@@ -416,27 +453,45 @@ impl BlockHeader {
             coded_crc: LE::read_u32(&b[24..]),
         };
         if h.plain_len == 0 || h.plain_len > header.block_size {
-            return Err(Error::corrupt(offset + 8, format!("block plain length {} out of range", h.plain_len)));
+            return Err(Error::corrupt(
+                offset + 8,
+                format!("block plain length {} out of range", h.plain_len),
+            ));
         }
         // A writer keeps the smallest coding, never one larger than the plain bytes; this
         // bound also caps what a reader allocates for a payload.
         if h.coded_len > h.plain_len {
-            return Err(Error::corrupt(offset + 12, "block coded length exceeds its plain length"));
+            return Err(Error::corrupt(
+                offset + 12,
+                "block coded length exceeds its plain length",
+            ));
         }
         match codec {
             Codec::Stored if h.coded_len != h.plain_len => {
-                return Err(Error::corrupt(offset + 12, "stored block with coded length != plain length"));
+                return Err(Error::corrupt(
+                    offset + 12,
+                    "stored block with coded length != plain length",
+                ));
             }
             Codec::Model => {
                 if header.pin.kind == ModelKind::None {
-                    return Err(Error::corrupt(offset + 4, "model-coded block in an archive without a model"));
+                    return Err(Error::corrupt(
+                        offset + 4,
+                        "model-coded block in an archive without a model",
+                    ));
                 }
                 if h.tokens == 0 || h.tokens > header.pin.max_block_tokens {
-                    return Err(Error::corrupt(offset + 16, format!("token count {} out of range", h.tokens)));
+                    return Err(Error::corrupt(
+                        offset + 16,
+                        format!("token count {} out of range", h.tokens),
+                    ));
                 }
             }
             _ if h.tokens != 0 => {
-                return Err(Error::corrupt(offset + 16, "token count set on a block without a model"));
+                return Err(Error::corrupt(
+                    offset + 16,
+                    "token count set on a block without a model",
+                ));
             }
             _ => {}
         }
@@ -504,14 +559,22 @@ impl Entry {
     /// Length of the entry record starting `b` (needs 8 bytes), checked against its bounds.
     pub fn peek_len(b: &[u8], offset: u64) -> Result<usize> {
         if b.len() < 8 {
-            return Err(Error::corrupt(offset, "archive truncated inside an entry record"));
+            return Err(Error::corrupt(
+                offset,
+                "archive truncated inside an entry record",
+            ));
         }
         if b[..4] != ENTRY_MAGIC {
             return Err(Error::corrupt(offset, "bad entry magic"));
         }
         let total = LE::read_u32(&b[4..]) as usize;
-        if total < ENTRY_FIXED_LEN + 1 + 4 || total > ENTRY_FIXED_LEN + MAX_PATH_LEN + MAX_LINK_LEN + 4 {
-            return Err(Error::corrupt(offset + 4, format!("entry record length {total} out of range")));
+        if !(ENTRY_FIXED_LEN + 1 + 4..=ENTRY_FIXED_LEN + MAX_PATH_LEN + MAX_LINK_LEN + 4)
+            .contains(&total)
+        {
+            return Err(Error::corrupt(
+                offset + 4,
+                format!("entry record length {total} out of range"),
+            ));
         }
         Ok(total)
     }
@@ -520,7 +583,10 @@ impl Entry {
     pub fn decode(b: &[u8], offset: u64) -> Result<(Entry, usize)> {
         let total = Entry::peek_len(b, offset)?;
         if b.len() < total {
-            return Err(Error::corrupt(offset, "archive truncated inside an entry record"));
+            return Err(Error::corrupt(
+                offset,
+                "archive truncated inside an entry record",
+            ));
         }
         let b = &b[..total];
         if crc(&b[..total - 4]) != LE::read_u32(&b[total - 4..]) {
@@ -531,15 +597,26 @@ impl Entry {
             2 => EntryKind::Dir,
             3 => EntryKind::Symlink,
             4 => EntryKind::HardLink,
-            k => return Err(Error::Unsupported { offset: offset + 8, detail: format!("entry kind {k}") }),
+            k => {
+                return Err(Error::Unsupported {
+                    offset: offset + 8,
+                    detail: format!("entry kind {k}"),
+                })
+            }
         };
         if b[9] != 0 || b[10] != 0 || b[11] != 0 {
-            return Err(Error::Unsupported { offset: offset + 9, detail: "entry flags or reserved bytes set".into() });
+            return Err(Error::Unsupported {
+                offset: offset + 9,
+                detail: "entry flags or reserved bytes set".into(),
+            });
         }
         let path_len = LE::read_u16(&b[52..]) as usize;
         let link_len = LE::read_u32(&b[54..]) as usize;
         if ENTRY_FIXED_LEN + path_len + link_len + 4 != total {
-            return Err(Error::corrupt(offset + 52, "entry path and link lengths disagree with its record length"));
+            return Err(Error::corrupt(
+                offset + 52,
+                "entry path and link lengths disagree with its record length",
+            ));
         }
         let e = Entry {
             kind,
@@ -559,20 +636,32 @@ impl Entry {
 
     fn validate(&self, offset: u64) -> Result<()> {
         if self.mode & !0o7777 != 0 {
-            return Err(Error::corrupt(offset + 12, format!("mode {:#o} has bits beyond 0o7777", self.mode)));
+            return Err(Error::corrupt(
+                offset + 12,
+                format!("mode {:#o} has bits beyond 0o7777", self.mode),
+            ));
         }
         if self.mtime_nsec >= 1_000_000_000 {
-            return Err(Error::corrupt(offset + 32, "mtime nanoseconds out of range"));
+            return Err(Error::corrupt(
+                offset + 32,
+                "mtime nanoseconds out of range",
+            ));
         }
-        check_path(&self.path).map_err(|why| Error::corrupt(offset + ENTRY_FIXED_LEN as u64, why))?;
+        check_path(&self.path)
+            .map_err(|why| Error::corrupt(offset + ENTRY_FIXED_LEN as u64, why))?;
         let ok = match self.kind {
             EntryKind::File => self.link.is_empty(),
             EntryKind::Dir => self.link.is_empty() && self.size == 0 && self.data_start == 0,
             EntryKind::Symlink => !self.link.is_empty() && self.size == 0 && self.data_start == 0,
-            EntryKind::HardLink => self.size == 0 && self.data_start == 0 && check_path(&self.link).is_ok(),
+            EntryKind::HardLink => {
+                self.size == 0 && self.data_start == 0 && check_path(&self.link).is_ok()
+            }
         };
         if !ok {
-            return Err(Error::corrupt(offset + 8, "entry fields do not fit its kind"));
+            return Err(Error::corrupt(
+                offset + 8,
+                "entry fields do not fit its kind",
+            ));
         }
         if self.link.contains(&0) {
             return Err(Error::corrupt(offset, "link target contains a NUL byte"));
@@ -625,7 +714,9 @@ pub struct Index {
 
 impl Index {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(INDEX_FIXED_LEN + self.entries.len() * 8 + self.blocks.len() * 16 + 4);
+        let mut b = Vec::with_capacity(
+            INDEX_FIXED_LEN + self.entries.len() * 8 + self.blocks.len() * 16 + 4,
+        );
         b.extend_from_slice(&INDEX_MAGIC);
         b.extend_from_slice(&0u32.to_le_bytes());
         b.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
@@ -656,14 +747,22 @@ impl Index {
             return Err(Error::corrupt(offset, "index CRC32 mismatch"));
         }
         if LE::read_u32(&b[4..]) != 0 {
-            return Err(Error::Unsupported { offset: offset + 4, detail: "index reserved bytes set".into() });
+            return Err(Error::Unsupported {
+                offset: offset + 4,
+                detail: "index reserved bytes set".into(),
+            });
         }
         let ne = LE::read_u64(&b[8..]);
         let nb = LE::read_u64(&b[16..]);
         // Both counts are bounded by the index length before anything is allocated.
-        let expect = (ne as u128) * 8 + (nb as u128) * INDEX_BLOCK_ROW as u128 + (INDEX_FIXED_LEN + 4) as u128;
+        let expect = (ne as u128) * 8
+            + (nb as u128) * INDEX_BLOCK_ROW as u128
+            + (INDEX_FIXED_LEN + 4) as u128;
         if expect != n as u128 {
-            return Err(Error::corrupt(offset + 8, "index counts disagree with its length"));
+            return Err(Error::corrupt(
+                offset + 8,
+                "index counts disagree with its length",
+            ));
         }
         let mut pos = INDEX_FIXED_LEN;
         let entries = (0..ne)
@@ -722,11 +821,20 @@ impl Footer {
             return Err(Error::corrupt(at, "footer CRC32 mismatch"));
         }
         if LE::read_u32(&b[16..]) != 0 {
-            return Err(Error::Unsupported { offset: at + 16, detail: "footer reserved bytes set".into() });
+            return Err(Error::Unsupported {
+                offset: at + 16,
+                detail: "footer reserved bytes set".into(),
+            });
         }
-        let f = Footer { index_offset: LE::read_u64(&b[0..]), index_len: LE::read_u64(&b[8..]) };
+        let f = Footer {
+            index_offset: LE::read_u64(&b[0..]),
+            index_len: LE::read_u64(&b[8..]),
+        };
         if f.index_offset.checked_add(f.index_len) != Some(at) {
-            return Err(Error::corrupt(at, "index does not end where the footer begins"));
+            return Err(Error::corrupt(
+                at,
+                "index does not end where the footer begins",
+            ));
         }
         Ok(f)
     }
@@ -797,7 +905,16 @@ mod tests {
 
     #[test]
     fn unsafe_paths_rejected() {
-        for p in [&b""[..], b"/etc", b"a/../b", b"..", b"a//b", b"a/", b"./a", b"a\0b"] {
+        for p in [
+            &b""[..],
+            b"/etc",
+            b"a/../b",
+            b"..",
+            b"a//b",
+            b"a/",
+            b"./a",
+            b"a\0b",
+        ] {
             assert!(check_path(p).is_err(), "{p:?}");
         }
         assert!(check_path(b"a/b.c/..d").is_ok());
@@ -807,11 +924,18 @@ mod tests {
     fn index_and_footer_round_trip() {
         let i = Index {
             entries: vec![10, 20],
-            blocks: vec![BlockRef { offset: 100, plain_len: 5, coded_len: 3 }],
+            blocks: vec![BlockRef {
+                offset: 100,
+                plain_len: 5,
+                coded_len: 3,
+            }],
         };
         let b = i.encode();
         assert_eq!(Index::decode(&b, 0).unwrap(), i);
-        let f = Footer { index_offset: 100, index_len: 68 };
+        let f = Footer {
+            index_offset: 100,
+            index_len: 68,
+        };
         assert_eq!(Footer::decode(&f.encode(), 200).unwrap(), f);
         assert!(Footer::decode(&f.encode(), 201).is_err());
     }
@@ -819,7 +943,14 @@ mod tests {
     #[test]
     fn block_header_bounds() {
         let h = header();
-        let bh = BlockHeader { codec: Codec::Zstd, plain_len: 10, coded_len: 11, tokens: 0, plain_crc: 0, coded_crc: 0 };
+        let bh = BlockHeader {
+            codec: Codec::Zstd,
+            plain_len: 10,
+            coded_len: 11,
+            tokens: 0,
+            plain_crc: 0,
+            coded_crc: 0,
+        };
         assert!(BlockHeader::decode(&bh.encode(), 0, &h).is_err());
         let ok = BlockHeader { coded_len: 9, ..bh };
         assert_eq!(BlockHeader::decode(&ok.encode(), 0, &h).unwrap(), ok);

@@ -65,14 +65,20 @@ impl Extractor {
     }
 
     fn unsafe_path(e: &Entry, why: &str) -> Error {
-        Error::UnsafePath { path: String::from_utf8_lossy(&e.path).into_owned(), detail: why.into() }
+        Error::UnsafePath {
+            path: String::from_utf8_lossy(&e.path).into_owned(),
+            detail: why.into(),
+        }
     }
 
     /// The destination path of `e`, after checking that its parent is ours.
     fn target(&self, e: &Entry) -> Result<PathBuf> {
         if let Some(slash) = e.path.iter().rposition(|&b| b == b'/') {
             if !self.dirs.contains(&e.path[..slash]) {
-                return Err(Extractor::unsafe_path(e, "parent directory was not extracted"));
+                return Err(Extractor::unsafe_path(
+                    e,
+                    "parent directory was not extracted",
+                ));
             }
         }
         Ok(self.dest.join(os_path(&e.path)))
@@ -82,11 +88,17 @@ impl Extractor {
     fn clear(&self, e: &Entry, p: &Path) -> Result<()> {
         match std::fs::symlink_metadata(p) {
             Err(_) => Ok(()),
-            Ok(_) if !self.opts.overwrite => {
-                Err(Error::usage(format!("{} already exists (use --overwrite to replace it)", p.display())))
-            }
-            Ok(m) if m.is_dir() => std::fs::remove_dir(p)
-                .map_err(|err| Error::usage(format!("{}: cannot replace directory for {:?}: {err}", p.display(), e.kind))),
+            Ok(_) if !self.opts.overwrite => Err(Error::usage(format!(
+                "{} already exists (use --overwrite to replace it)",
+                p.display()
+            ))),
+            Ok(m) if m.is_dir() => std::fs::remove_dir(p).map_err(|err| {
+                Error::usage(format!(
+                    "{}: cannot replace directory for {:?}: {err}",
+                    p.display(),
+                    e.kind
+                ))
+            }),
             Ok(_) => std::fs::remove_file(p).map_err(|err| Error::io(p, err)),
         }
     }
@@ -109,7 +121,8 @@ impl Extractor {
             }
             EntryKind::Symlink => {
                 self.clear(e, &p)?;
-                std::os::unix::fs::symlink(os_path(&e.link), &p).map_err(|err| Error::io(&p, err))?;
+                std::os::unix::fs::symlink(os_path(&e.link), &p)
+                    .map_err(|err| Error::io(&p, err))?;
                 self.set_owner(&p, e);
                 set_times(&p, e)?;
             }
@@ -128,7 +141,12 @@ impl Extractor {
                     .open(&p)
                     .map_err(|err| Error::io(&p, err))?;
                 self.files += 1;
-                let pend = Pending { entry: e.clone(), path: p, file: Some(f), written: 0 };
+                let pend = Pending {
+                    entry: e.clone(),
+                    path: p,
+                    file: Some(f),
+                    written: 0,
+                };
                 if e.size == 0 {
                     self.complete(pend)?;
                 } else {
@@ -150,12 +168,16 @@ impl Extractor {
                 break;
             }
             if fstart < pos {
-                return Err(Error::corrupt(0, format!("data for {} was skipped", f.path.display())));
+                return Err(Error::corrupt(
+                    0,
+                    format!("data for {} was skipped", f.path.display()),
+                ));
             }
             let hi = fend.min(end);
             let chunk = &bytes[(fstart - pos) as usize..(hi - pos) as usize];
             let file = f.file.as_mut().expect("open while pending");
-            file.write_all(chunk).map_err(|err| Error::io(&f.path, err))?;
+            file.write_all(chunk)
+                .map_err(|err| Error::io(&f.path, err))?;
             f.written += chunk.len() as u64;
             self.bytes += chunk.len() as u64;
             if f.written == f.entry.size {
@@ -170,7 +192,8 @@ impl Extractor {
 
     fn complete(&mut self, mut p: Pending) -> Result<()> {
         let f = p.file.take().expect("file open");
-        f.set_permissions(std::fs::Permissions::from_mode(p.entry.mode)).map_err(|e| Error::io(&p.path, e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(p.entry.mode))
+            .map_err(|e| Error::io(&p.path, e))?;
         f.sync_all().ok();
         drop(f);
         self.set_owner(&p.path, &p.entry);
@@ -180,7 +203,9 @@ impl Extractor {
     fn set_owner(&mut self, p: &Path, e: &Entry) {
         if self.owners_ok && std::os::unix::fs::lchown(p, Some(e.uid), Some(e.gid)).is_err() {
             self.owners_ok = false;
-            log::warn!("cannot restore file owners (not running as root?); keeping the current user");
+            log::warn!(
+                "cannot restore file owners (not running as root?); keeping the current user"
+            );
         }
     }
 
@@ -190,11 +215,15 @@ impl Extractor {
         if let Some(p) = self.pending.front() {
             return Err(Error::corrupt(
                 0,
-                format!("archive ended before all of {} was extracted", p.path.display()),
+                format!(
+                    "archive ended before all of {} was extracted",
+                    p.path.display()
+                ),
             ));
         }
         for (p, e) in self.dir_meta.iter().rev() {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(e.mode)).map_err(|err| Error::io(p, err))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(e.mode))
+                .map_err(|err| Error::io(p, err))?;
         }
         let dirs = std::mem::take(&mut self.dir_meta);
         for (p, e) in dirs.iter().rev() {

@@ -32,7 +32,10 @@ impl Catalog {
     /// Appends `e`, read at archive offset `offset`, if it obeys the rules above.
     pub fn push(&mut self, e: Entry, offset: u64) -> Result<()> {
         if self.by_path.contains_key(&e.path) {
-            return Err(Error::corrupt(offset, format!("duplicate entry {:?}", String::from_utf8_lossy(&e.path))));
+            return Err(Error::corrupt(
+                offset,
+                format!("duplicate entry {:?}", String::from_utf8_lossy(&e.path)),
+            ));
         }
         if let Some(slash) = e.path.iter().rposition(|&b| b == b'/') {
             let parent = &e.path[..slash];
@@ -41,7 +44,10 @@ impl Catalog {
                 _ => {
                     return Err(Error::corrupt(
                         offset,
-                        format!("entry {:?} comes before its parent directory", String::from_utf8_lossy(&e.path)),
+                        format!(
+                            "entry {:?} comes before its parent directory",
+                            String::from_utf8_lossy(&e.path)
+                        ),
                     ))
                 }
             }
@@ -49,12 +55,22 @@ impl Catalog {
         match e.kind {
             EntryKind::HardLink => match self.by_path.get(&e.link) {
                 Some(&i) if self.entries[i].kind == EntryKind::File => {}
-                _ => return Err(Error::corrupt(offset, "hard link to something other than an earlier file")),
+                _ => {
+                    return Err(Error::corrupt(
+                        offset,
+                        "hard link to something other than an earlier file",
+                    ))
+                }
             },
             EntryKind::File => {
-                let end = e.data_end().ok_or_else(|| Error::corrupt(offset, "file data range overflows"))?;
+                let end = e
+                    .data_end()
+                    .ok_or_else(|| Error::corrupt(offset, "file data range overflows"))?;
                 if e.data_start < self.data_end {
-                    return Err(Error::corrupt(offset, "file data out of stream order or overlapping"));
+                    return Err(Error::corrupt(
+                        offset,
+                        "file data out of stream order or overlapping",
+                    ));
                 }
                 self.data_end = end;
             }

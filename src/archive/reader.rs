@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::codec::{decode_blocks, BlockRefData};
 use crate::error::{Error, Result};
-use crate::format::{BlockHeader, BlockRef, Entry, EntryKind, Footer, Header, Index, ModelKind, FOOTER_LEN};
+use crate::format::{
+    BlockHeader, BlockRef, Entry, EntryKind, Footer, Header, Index, ModelKind, FOOTER_LEN,
+};
 use crate::model::Model;
 
 use super::Catalog;
@@ -66,20 +68,30 @@ impl Archive {
         let len = b.len() as u64;
         let (header, header_len) = Header::decode(b)?;
         if b.len() < header_len + FOOTER_LEN {
-            return Err(Error::corrupt(len, "archive truncated: no room for a footer"));
+            return Err(Error::corrupt(
+                len,
+                "archive truncated: no room for a footer",
+            ));
         }
         let footer = Footer::decode(&b[b.len() - FOOTER_LEN..], len)?;
         if footer.index_offset < header_len as u64 {
-            return Err(Error::corrupt(len - FOOTER_LEN as u64, "index overlaps the header"));
+            return Err(Error::corrupt(
+                len - FOOTER_LEN as u64,
+                "index overlaps the header",
+            ));
         }
-        let ix = &b[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
+        let ix =
+            &b[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
         let index = Index::decode(ix, footer.index_offset)?;
         let body = header_len as u64..footer.index_offset;
         let mut catalog = Catalog::default();
         let mut prev_end = header_len as u64;
         for &off in &index.entries {
             if off < prev_end || off >= body.end {
-                return Err(Error::corrupt(off, "entry record offset out of order or outside the body"));
+                return Err(Error::corrupt(
+                    off,
+                    "entry record offset out of order or outside the body",
+                ));
             }
             let (e, n) = Entry::decode(&b[off as usize..body.end as usize], off)?;
             catalog.push(e, off)?;
@@ -91,10 +103,16 @@ impl Archive {
         for (i, r) in index.blocks.iter().enumerate() {
             let end = r.offset.checked_add(32 + r.coded_len as u64);
             if r.offset < prev_end || end.is_none_or(|e| e > body.end) {
-                return Err(Error::corrupt(r.offset, format!("block {i} lies out of order or outside the body")));
+                return Err(Error::corrupt(
+                    r.offset,
+                    format!("block {i} lies out of order or outside the body"),
+                ));
             }
             if r.plain_len == 0 || r.plain_len > header.block_size || r.coded_len > r.plain_len {
-                return Err(Error::corrupt(r.offset, format!("block {i}: lengths out of range in the index")));
+                return Err(Error::corrupt(
+                    r.offset,
+                    format!("block {i}: lengths out of range in the index"),
+                ));
             }
             starts.push(data);
             data += r.plain_len as u64;
@@ -105,9 +123,19 @@ impl Archive {
         // sorted, so one merge pass checks it.
         check_disjoint(b, &index, body.end)?;
         if catalog.data_end() > data {
-            return Err(Error::corrupt(footer.index_offset, "file data extends past the last block"));
+            return Err(Error::corrupt(
+                footer.index_offset,
+                "file data extends past the last block",
+            ));
         }
-        Ok(Archive { bytes, header, catalog, blocks: index.blocks, starts, decoded: AtomicU64::new(0) })
+        Ok(Archive {
+            bytes,
+            header,
+            catalog,
+            blocks: index.blocks,
+            starts,
+            decoded: AtomicU64::new(0),
+        })
     }
 
     pub fn header(&self) -> &Header {
@@ -155,15 +183,27 @@ impl Archive {
             return Ok(());
         }
         let expected = || {
-            format!("{} (sha256 {}, {} bytes)", self.header.model_name, self.header.pin.sha256_hex(), self.header.pin.size)
+            format!(
+                "{} (sha256 {}, {} bytes)",
+                self.header.model_name,
+                self.header.pin.sha256_hex(),
+                self.header.pin.size
+            )
         };
         match model {
-            None => Err(Error::ModelMismatch { expected: expected(), found: "no model was loaded".into() }),
+            None => Err(Error::ModelMismatch {
+                expected: expected(),
+                found: "no model was loaded".into(),
+            }),
             Some(m) if m.pin() != self.header.pin => {
                 let p = m.pin();
                 Err(Error::ModelMismatch {
                     expected: expected(),
-                    found: format!("the model loaded differs (sha256 {}, settings {:?})", p.sha256_hex(), p),
+                    found: format!(
+                        "the model loaded differs (sha256 {}, settings {:?})",
+                        p.sha256_hex(),
+                        p
+                    ),
                 })
             }
             Some(_) => Ok(()),
@@ -176,7 +216,10 @@ impl Archive {
         let b = self.bytes.as_slice();
         let h = BlockHeader::decode(&b[r.offset as usize..], r.offset, &self.header)?;
         if h.plain_len != r.plain_len || h.coded_len != r.coded_len {
-            return Err(Error::corrupt(r.offset, format!("block {i}: header disagrees with the index")));
+            return Err(Error::corrupt(
+                r.offset,
+                format!("block {i}: header disagrees with the index"),
+            ));
         }
         let start = r.offset as usize + 32;
         Ok(BlockRefData {
@@ -188,7 +231,12 @@ impl Archive {
     }
 
     /// Decodes blocks `range` (`width` model blocks in lockstep); one result per block.
-    pub fn decode_blocks(&self, model: Option<&dyn Model>, range: Range<usize>, width: usize) -> Result<Vec<Result<Vec<u8>>>> {
+    pub fn decode_blocks(
+        &self,
+        model: Option<&dyn Model>,
+        range: Range<usize>,
+        width: usize,
+    ) -> Result<Vec<Result<Vec<u8>>>> {
         let mut refs = Vec::with_capacity(range.len());
         let mut early: Vec<Option<Error>> = Vec::with_capacity(range.len());
         for i in range.clone() {
@@ -216,21 +264,38 @@ impl Archive {
         if start >= end {
             return 0..0;
         }
-        let first = self.starts.partition_point(|&s| s <= start).saturating_sub(1);
-        let last = self.starts.partition_point(|&s| s < end).min(self.blocks.len());
+        let first = self
+            .starts
+            .partition_point(|&s| s <= start)
+            .saturating_sub(1);
+        let last = self
+            .starts
+            .partition_point(|&s| s < end)
+            .min(self.blocks.len());
         first..last
     }
 
     /// Reads `len` bytes at `offset` of file entry `idx` (clamped to the file), decoding only
     /// the blocks that cover them.
-    pub fn read(&self, model: Option<&dyn Model>, idx: usize, offset: u64, len: u64, width: usize) -> Result<Vec<u8>> {
+    pub fn read(
+        &self,
+        model: Option<&dyn Model>,
+        idx: usize,
+        offset: u64,
+        len: u64,
+        width: usize,
+    ) -> Result<Vec<u8>> {
         let e = self.file_entry(idx)?;
         let start = e.data_start + offset.min(e.size);
         let end = e.data_start + offset.saturating_add(len).min(e.size);
         let range = self.blocks_covering(start, end);
         let mut out = Vec::with_capacity((end - start) as usize);
         let first = range.start;
-        for (k, r) in self.decode_blocks(model, range, width)?.into_iter().enumerate() {
+        for (k, r) in self
+            .decode_blocks(model, range, width)?
+            .into_iter()
+            .enumerate()
+        {
             let plain = r?;
             let bstart = self.starts[first + k];
             let lo = start.max(bstart) - bstart;
@@ -246,10 +311,15 @@ impl Archive {
         match e.kind {
             EntryKind::File => Ok(e),
             EntryKind::HardLink => {
-                let t = self.find(&e.link).expect("catalog checked hard-link targets");
+                let t = self
+                    .find(&e.link)
+                    .expect("catalog checked hard-link targets");
                 Ok(&self.entries()[t])
             }
-            _ => Err(Error::usage(format!("{:?} is not a regular file", String::from_utf8_lossy(&e.path)))),
+            _ => Err(Error::usage(format!(
+                "{:?} is not a regular file",
+                String::from_utf8_lossy(&e.path)
+            ))),
         }
     }
 }

@@ -10,8 +10,8 @@ use std::io::Read;
 use crate::codec::{decode_blocks, BlockRefData};
 use crate::error::{Error, Result};
 use crate::format::{
-    BlockHeader, BlockRef, Codec, Entry, Footer, Header, Index, BLOCK_HEADER_LEN, BLOCK_MAGIC, ENTRY_MAGIC,
-    FOOTER_LEN, INDEX_FIXED_LEN, INDEX_MAGIC,
+    BlockHeader, BlockRef, Codec, Entry, Footer, Header, Index, BLOCK_HEADER_LEN, BLOCK_MAGIC,
+    ENTRY_MAGIC, FOOTER_LEN, INDEX_FIXED_LEN, INDEX_MAGIC,
 };
 use crate::model::Model;
 
@@ -117,7 +117,12 @@ pub fn extract_stream<'m, R: Read>(
         }
         let refs: Vec<BlockRefData> = queue
             .iter()
-            .map(|q| BlockRefData { number: q.number, offset: q.offset, header: q.header, payload: &q.payload })
+            .map(|q| BlockRefData {
+                number: q.number,
+                offset: q.offset,
+                header: q.header,
+                payload: &q.payload,
+            })
             .collect();
         for res in decode_blocks(model, &refs, width)? {
             let plain = res?;
@@ -141,7 +146,10 @@ pub fn extract_stream<'m, R: Read>(
             inp.exact(&mut rec[8..], "an entry record")?;
             let (e, _) = Entry::decode(&rec, at)?;
             if e.kind == crate::format::EntryKind::File && e.size > 0 && e.data_start < seen {
-                return Err(Error::corrupt(at, "entry record comes after a block holding its data"));
+                return Err(Error::corrupt(
+                    at,
+                    "entry record comes after a block holding its data",
+                ));
             }
             catalog.push(e.clone(), at)?;
             ex.begin(&e)?;
@@ -154,12 +162,21 @@ pub fn extract_stream<'m, R: Read>(
             let h = BlockHeader::decode(&hb, at, &header)?;
             let mut payload = vec![0u8; h.coded_len as usize];
             inp.exact(&mut payload, "a block payload")?;
-            blocks.push(BlockRef { offset: at, plain_len: h.plain_len, coded_len: h.coded_len });
+            blocks.push(BlockRef {
+                offset: at,
+                plain_len: h.plain_len,
+                coded_len: h.coded_len,
+            });
             seen += h.plain_len as u64;
             if h.codec == Codec::Model {
                 model_queued += 1;
             }
-            queue.push(Queued { number: blocks.len() as u64 - 1, offset: at, header: h, payload });
+            queue.push(Queued {
+                number: blocks.len() as u64 - 1,
+                offset: at,
+                header: h,
+                payload,
+            });
             stats.blocks += 1;
             if model_queued >= width.max(1) || (model_queued == 0 && queue.len() >= 64) {
                 flush(&mut queue, &mut routed, &mut ex)?;
@@ -173,13 +190,19 @@ pub fn extract_stream<'m, R: Read>(
             inp.exact(&mut ib[4..], "the index")?;
             let index = Index::decode(&ib, at)?;
             if index.entries != entry_offsets || index.blocks != blocks {
-                return Err(Error::corrupt(at, "the index does not describe the records that precede it"));
+                return Err(Error::corrupt(
+                    at,
+                    "the index does not describe the records that precede it",
+                ));
             }
             let mut fb = [0u8; FOOTER_LEN];
             inp.exact(&mut fb, "the footer")?;
             let footer = Footer::decode(&fb, inp.pos)?;
             if footer.index_offset != at {
-                return Err(Error::corrupt(inp.pos - FOOTER_LEN as u64, "footer does not point at the index"));
+                return Err(Error::corrupt(
+                    inp.pos - FOOTER_LEN as u64,
+                    "footer does not point at the index",
+                ));
             }
             if !inp.at_eof()? {
                 return Err(Error::corrupt(inp.pos, "trailing bytes after the footer"));
@@ -192,7 +215,10 @@ pub fn extract_stream<'m, R: Read>(
             stats.bytes = bytes;
             return Ok(stats);
         } else {
-            return Err(Error::corrupt(at, format!("unknown record magic {magic:02x?}")));
+            return Err(Error::corrupt(
+                at,
+                format!("unknown record magic {magic:02x?}"),
+            ));
         }
     }
 }

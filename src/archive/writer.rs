@@ -18,8 +18,8 @@ use std::io::{Read, Write};
 use crate::codec::{encode_blocks, ModelStats};
 use crate::error::{Error, Result};
 use crate::format::{
-    check_path, BlockRef, Codec, Entry, EntryKind, Footer, Header, Index, ModelPin, BLOCK_HEADER_LEN, MAX_BLOCK_SIZE,
-    MAX_LINK_LEN,
+    check_path, BlockRef, Codec, Entry, EntryKind, Footer, Header, Index, ModelPin,
+    BLOCK_HEADER_LEN, MAX_BLOCK_SIZE, MAX_LINK_LEN,
 };
 use crate::model::Model;
 
@@ -35,7 +35,11 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { block_size: 8192, width: 8, zstd_level: 19 }
+        WriterOptions {
+            block_size: 8192,
+            width: 8,
+            zstd_level: 19,
+        }
     }
 }
 
@@ -90,7 +94,9 @@ impl<'m, W: Write> Writer<'m, W> {
     /// used.
     pub fn new(mut out: W, model: Option<&'m dyn Model>, opts: WriterOptions) -> Result<Self> {
         if opts.block_size == 0 || opts.block_size > MAX_BLOCK_SIZE {
-            return Err(Error::usage(format!("block size must be between 1 and {MAX_BLOCK_SIZE} bytes")));
+            return Err(Error::usage(format!(
+                "block size must be between 1 and {MAX_BLOCK_SIZE} bytes"
+            )));
         }
         let header = match model {
             Some(m) => m.header(opts.block_size),
@@ -125,10 +131,23 @@ impl<'m, W: Write> Writer<'m, W> {
         self.progress = Some(Box::new(f));
     }
 
-    fn entry(&mut self, kind: EntryKind, path: &[u8], meta: Meta, size: u64, link: &[u8]) -> Result<Entry> {
-        check_path(path).map_err(|why| Error::UnsafePath { path: String::from_utf8_lossy(path).into(), detail: why.into() })?;
+    fn entry(
+        &mut self,
+        kind: EntryKind,
+        path: &[u8],
+        meta: Meta,
+        size: u64,
+        link: &[u8],
+    ) -> Result<Entry> {
+        check_path(path).map_err(|why| Error::UnsafePath {
+            path: String::from_utf8_lossy(path).into(),
+            detail: why.into(),
+        })?;
         if link.len() > MAX_LINK_LEN {
-            return Err(Error::usage(format!("link target of {:?} is too long", String::from_utf8_lossy(path))));
+            return Err(Error::usage(format!(
+                "link target of {:?} is too long",
+                String::from_utf8_lossy(path)
+            )));
         }
         Ok(Entry {
             kind,
@@ -138,7 +157,11 @@ impl<'m, W: Write> Writer<'m, W> {
             mtime_sec: meta.mtime_sec,
             mtime_nsec: meta.mtime_nsec.min(999_999_999),
             size,
-            data_start: if kind == EntryKind::File { self.data_len } else { 0 },
+            data_start: if kind == EntryKind::File {
+                self.data_len
+            } else {
+                0
+            },
             path: path.to_vec(),
             link: link.to_vec(),
         })
@@ -148,7 +171,9 @@ impl<'m, W: Write> Writer<'m, W> {
         let b = e.encode();
         // The catalog applies the readers' rules, so the writer cannot produce an archive
         // they would reject.
-        self.catalog.push(e, self.pos).map_err(|err| Error::usage(format!("cannot add entry: {err}")))?;
+        self.catalog
+            .push(e, self.pos)
+            .map_err(|err| Error::usage(format!("cannot add entry: {err}")))?;
         self.out.write_all(&b).map_err(write_err)?;
         self.index.entries.push(self.pos);
         self.pos += b.len() as u64;
@@ -176,7 +201,13 @@ impl<'m, W: Write> Writer<'m, W> {
     }
 
     /// A regular file of exactly `size` bytes read from `data`.
-    pub fn add_file(&mut self, path: &[u8], meta: Meta, size: u64, data: &mut dyn Read) -> Result<()> {
+    pub fn add_file(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<()> {
         let bs = self.opts.block_size as u64;
         let free = bs - self.open.len() as u64;
         if size > free && !self.open.is_empty() {
@@ -217,7 +248,8 @@ impl<'m, W: Write> Writer<'m, W> {
             return Ok(());
         }
         let plains: Vec<&[u8]> = self.sealed.iter().map(|b| b.as_slice()).collect();
-        let (coded, mstats) = encode_blocks(self.model, &plains, self.opts.width, self.opts.zstd_level)?;
+        let (coded, mstats) =
+            encode_blocks(self.model, &plains, self.opts.width, self.opts.zstd_level)?;
         let m = &mut self.stats.model;
         m.blocks += mstats.blocks;
         m.tokens += mstats.tokens;
@@ -228,7 +260,11 @@ impl<'m, W: Write> Writer<'m, W> {
             let h = c.header.encode();
             self.out.write_all(&h).map_err(write_err)?;
             self.out.write_all(&c.payload).map_err(write_err)?;
-            self.index.blocks.push(BlockRef { offset: self.pos, plain_len: c.header.plain_len, coded_len: c.header.coded_len });
+            self.index.blocks.push(BlockRef {
+                offset: self.pos,
+                plain_len: c.header.plain_len,
+                coded_len: c.header.coded_len,
+            });
             self.pos += (BLOCK_HEADER_LEN + c.payload.len()) as u64;
             let k = c.header.codec as usize;
             self.stats.blocks[k] += 1;
@@ -254,7 +290,10 @@ impl<'m, W: Write> Writer<'m, W> {
         }
         self.flush_sealed()?;
         let idx = self.index.encode();
-        let footer = Footer { index_offset: self.pos, index_len: idx.len() as u64 };
+        let footer = Footer {
+            index_offset: self.pos,
+            index_len: idx.len() as u64,
+        };
         self.out.write_all(&idx).map_err(write_err)?;
         self.out.write_all(&footer.encode()).map_err(write_err)?;
         self.out.flush().map_err(write_err)?;

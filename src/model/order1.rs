@@ -26,7 +26,10 @@ pub struct Order1 {
 
 impl Order1 {
     pub fn new(max_block_tokens: u32) -> Order1 {
-        Order1 { pieces: (0..=255u8).map(|b| [b]).collect(), max_block_tokens }
+        Order1 {
+            pieces: (0..=255u8).map(|b| [b]).collect(),
+            max_block_tokens,
+        }
     }
 }
 
@@ -76,7 +79,9 @@ impl Model for Order1 {
     }
 
     fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>> {
-        Ok(Box::new(Order1Eval { slots: (0..width).map(|_| Slot::new()).collect() }))
+        Ok(Box::new(Order1Eval {
+            slots: (0..width).map(|_| Slot::new()).collect(),
+        }))
     }
 }
 
@@ -87,7 +92,10 @@ struct Slot {
 
 impl Slot {
     fn new() -> Slot {
-        Slot { counts: vec![0; 256 * 256], prev: None }
+        Slot {
+            counts: vec![0; 256 * 256],
+            prev: None,
+        }
     }
 }
 

@@ -98,7 +98,11 @@ pub fn weights_to_cum(weights: &[u32], bits: u32, cum: &mut [u32]) {
     let spare = total_out - n;
     // f = 1 + ⌊w·k / 2^32⌋ with k = ⌊spare·2^32 / sum⌋: one multiplication per symbol instead
     // of a division, and Σf ≤ 2^bits by construction.
-    let k: u64 = if sum == 0 { 0 } else { (((spare as u128) << 32) / sum as u128) as u64 };
+    let k: u64 = if sum == 0 {
+        0
+    } else {
+        (((spare as u128) << 32) / sum as u128) as u64
+    };
     let mut acc = 0u32;
     cum[0] = 0;
     for (i, &w) in weights.iter().enumerate() {
@@ -133,7 +137,9 @@ mod tests {
 
     #[test]
     fn frequencies_sum_and_floor() {
-        let logits: Vec<f32> = (0..49_152).map(|i| ((i * 7919) % 1000) as f32 * 0.03 - 10.0).collect();
+        let logits: Vec<f32> = (0..49_152)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.03 - 10.0)
+            .collect();
         let mut w = vec![0; logits.len()];
         let mut cum = vec![0; logits.len() + 1];
         logits_to_cum(&logits, 24, &mut w, &mut cum);

@@ -40,7 +40,13 @@ pub struct BenchArgs {
 }
 
 fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
-    let mut child = Command::new(cmd).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     let mut stdin = child.stdin.take()?;
     let data = data.to_vec();
     let feeder = std::thread::spawn(move || stdin.write_all(&data));
@@ -64,11 +70,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if let Some(l) = args.limit {
             data.truncate(l as usize);
         }
-        let opts = WriterOptions { block_size: args.block_size, width: args.m.batch.max(1), zstd_level: 19 };
+        let opts = WriterOptions {
+            block_size: args.block_size,
+            width: args.m.batch.max(1),
+            zstd_level: 19,
+        };
         let t0 = Instant::now();
         let mut w = Writer::new(Vec::new(), model, opts)?;
-        let name = path.file_name().map_or(b"file".to_vec(), |n| n.to_string_lossy().as_bytes().to_vec());
-        w.add_file(&name, Meta { mode: 0o644, ..Meta::default() }, data.len() as u64, &mut data.as_slice())?;
+        let name = path.file_name().map_or(b"file".to_vec(), |n| {
+            n.to_string_lossy().as_bytes().to_vec()
+        });
+        w.add_file(
+            &name,
+            Meta {
+                mode: 0o644,
+                ..Meta::default()
+            },
+            data.len() as u64,
+            &mut data.as_slice(),
+        )?;
         let (bytes, stats) = w.finish()?;
         let pack_s = t0.elapsed().as_secs_f64();
 
@@ -88,7 +108,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (xz, zs) = if args.no_baselines {
             (None, None)
         } else {
-            (baseline("xz", &["-9e", "-c"], &data), baseline("zstd", &["-19", "-c", "-q"], &data))
+            (
+                baseline("xz", &["-9e", "-c"], &data),
+                baseline("zstd", &["-19", "-c", "-q"], &data),
+            )
         };
         let row = serde_json::json!({
             "file": path.display().to_string(),
@@ -112,22 +135,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "unpack_tokens_per_s": stats.kept_tokens as f64 / unpack_s,
         });
         if !args.json {
-            let f = |k: &str| row[k].as_f64().map_or("–".to_string(), |v| format!("{v:.3}"));
-            let g = |k: &str| row[k].as_f64().map_or("–".to_string(), |v| format!("{v:.0}"));
+            let f = |k: &str| {
+                row[k]
+                    .as_f64()
+                    .map_or("–".to_string(), |v| format!("{v:.3}"))
+            };
+            let f1 = |k: &str| {
+                row[k]
+                    .as_f64()
+                    .map_or("–".to_string(), |v| format!("{v:.1}"))
+            };
+            let f4 = |k: &str| {
+                row[k]
+                    .as_f64()
+                    .map_or("–".to_string(), |v| format!("{v:.4}"))
+            };
+            let g = |k: &str| {
+                row[k]
+                    .as_f64()
+                    .map_or("–".to_string(), |v| format!("{v:.0}"))
+            };
             println!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                ),
                 data.len(),
                 f("lmz_bpb"),
                 f("model_ideal_bpb"),
-                format!("{:.4}", row["coder_overhead_bits_per_token"].as_f64().unwrap_or(0.0)),
+                f4("coder_overhead_bits_per_token"),
                 f("coder_overhead_bytes_per_block"),
                 f("xz_bpb"),
                 f("zstd_bpb"),
                 g("pack_bytes_per_s"),
-                format!("{:.1}", row["pack_tokens_per_s"].as_f64().unwrap_or(0.0)),
+                f1("pack_tokens_per_s"),
                 g("unpack_bytes_per_s"),
-                format!("{:.1}", row["unpack_tokens_per_s"].as_f64().unwrap_or(0.0)),
+                f1("unpack_tokens_per_s"),
             );
         }
         rows.push(row);

@@ -23,11 +23,19 @@ pub fn max_block_tokens(block_size: u32) -> u32 {
 }
 
 /// The model for packing.
-pub fn load_for_pack(engine: Engine, block_size: u32, m: &ModelArgs) -> lmz::Result<Option<Box<dyn Model>>> {
+pub fn load_for_pack(
+    engine: Engine,
+    block_size: u32,
+    m: &ModelArgs,
+) -> lmz::Result<Option<Box<dyn Model>>> {
     Ok(match engine {
         Engine::None => None,
         Engine::Order1 => Some(Box::new(Order1::new(block_size))),
-        Engine::Llama => Some(load_llama(m, lmz::model::fetch::Want::Default, max_block_tokens(block_size))?),
+        Engine::Llama => Some(load_llama(
+            m,
+            lmz::model::fetch::Want::Default,
+            max_block_tokens(block_size),
+        )?),
     })
 }
 
@@ -38,7 +46,10 @@ pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn
         ModelKind::Order1 => Box::new(Order1::new(h.pin.max_block_tokens)),
         ModelKind::Llama => load_llama(
             m,
-            lmz::model::fetch::Want::Pinned { pin: &h.pin, name: &h.model_name },
+            lmz::model::fetch::Want::Pinned {
+                pin: &h.pin,
+                name: &h.model_name,
+            },
             h.pin.max_block_tokens,
         )?,
     };
@@ -52,14 +63,26 @@ pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn
 }
 
 #[cfg(feature = "llama")]
-fn load_llama(m: &ModelArgs, want: lmz::model::fetch::Want<'_>, max_tokens: u32) -> lmz::Result<Box<dyn Model>> {
+fn load_llama(
+    m: &ModelArgs,
+    want: lmz::model::fetch::Want<'_>,
+    max_tokens: u32,
+) -> lmz::Result<Box<dyn Model>> {
     let file = lmz::model::fetch::resolve(m.model.as_deref(), want)?;
     log::debug!("model: {}", file.describe());
     let threads = m.threads.unwrap_or_else(lmz::model::llama::available_cores);
-    Ok(Box::new(lmz::model::llama::load(&file, max_tokens, threads)?))
+    Ok(Box::new(lmz::model::llama::load(
+        &file, max_tokens, threads,
+    )?))
 }
 
 #[cfg(not(feature = "llama"))]
-fn load_llama(_: &ModelArgs, _: lmz::model::fetch::Want<'_>, _: u32) -> lmz::Result<Box<dyn Model>> {
-    Err(lmz::Error::ModelUnavailable { detail: "this lmz was built without the llama feature".into() })
+fn load_llama(
+    _: &ModelArgs,
+    _: lmz::model::fetch::Want<'_>,
+    _: u32,
+) -> lmz::Result<Box<dyn Model>> {
+    Err(lmz::Error::ModelUnavailable {
+        detail: "this lmz was built without the llama feature".into(),
+    })
 }

@@ -8,7 +8,7 @@ mod engine;
 mod pack;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -81,7 +81,12 @@ enum Cmd {
     Unpack {
         archive: PathBuf,
         /// Destination directory (created if missing).
-        #[arg(short = 'C', long = "directory", value_name = "DIR", default_value = ".")]
+        #[arg(
+            short = 'C',
+            long = "directory",
+            value_name = "DIR",
+            default_value = "."
+        )]
         dir: PathBuf,
         /// Replace existing files.
         #[arg(long)]
@@ -164,29 +169,63 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
-fn open_archive(path: &PathBuf) -> Result<Archive> {
+fn open_archive(path: &Path) -> Result<Archive> {
     Ok(Archive::open(path)?)
 }
 
 fn run(cli: Cli) -> Result<()> {
     let show_progress = !cli.quiet;
     match cli.cmd {
-        Cmd::Pack { inputs, output, block_size, engine, zstd_level, stdin_name, m } => {
-            pack::run(pack::PackArgs { inputs, output, block_size, engine, zstd_level, stdin_name, m, show_progress })
-        }
-        Cmd::Unpack { archive, dir, overwrite, m } => unpack(&archive, &dir, overwrite, &m),
-        Cmd::List { archive, json, long } => list(&archive, json, long),
-        Cmd::Cat { archive, path, offset, length, stats, m } => cat(&archive, &path, offset, length, stats, &m),
+        Cmd::Pack {
+            inputs,
+            output,
+            block_size,
+            engine,
+            zstd_level,
+            stdin_name,
+            m,
+        } => pack::run(pack::PackArgs {
+            inputs,
+            output,
+            block_size,
+            engine,
+            zstd_level,
+            stdin_name,
+            m,
+            show_progress,
+        }),
+        Cmd::Unpack {
+            archive,
+            dir,
+            overwrite,
+            m,
+        } => unpack(&archive, &dir, overwrite, &m),
+        Cmd::List {
+            archive,
+            json,
+            long,
+        } => list(&archive, json, long),
+        Cmd::Cat {
+            archive,
+            path,
+            offset,
+            length,
+            stats,
+            m,
+        } => cat(&archive, &path, offset, length, stats, &m),
         Cmd::Verify { archive, m } => verify(&archive, &m),
         Cmd::Bench(args) => bench::run(args),
     }
 }
 
 fn extract_options(overwrite: bool) -> ExtractOptions {
-    ExtractOptions { overwrite, owners: true }
+    ExtractOptions {
+        overwrite,
+        owners: true,
+    }
 }
 
-fn unpack(archive: &PathBuf, dir: &PathBuf, overwrite: bool, m: &ModelArgs) -> Result<()> {
+fn unpack(archive: &Path, dir: &Path, overwrite: bool, m: &ModelArgs) -> Result<()> {
     if archive.as_os_str() == "-" {
         let stdin = std::io::stdin().lock();
         let input = std::io::BufReader::with_capacity(1 << 20, stdin);
@@ -199,7 +238,12 @@ fn unpack(archive: &PathBuf, dir: &PathBuf, overwrite: bool, m: &ModelArgs) -> R
             m.batch,
         );
         let s = stats.context("unpacking from stdin")?;
-        log::info!("extracted {} entries, {} bytes, from {} blocks", s.entries, s.bytes, s.blocks);
+        log::info!(
+            "extracted {} entries, {} bytes, from {} blocks",
+            s.entries,
+            s.bytes,
+            s.blocks
+        );
         return Ok(());
     }
     let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
@@ -208,14 +252,19 @@ fn unpack(archive: &PathBuf, dir: &PathBuf, overwrite: bool, m: &ModelArgs) -> R
     a.check_model(model)?;
     let mut ex = Extractor::new(dir, extract_options(overwrite))?;
     for e in a.entries() {
-        ex.begin(e).with_context(|| format!("extracting {}", String::from_utf8_lossy(&e.path)))?;
+        ex.begin(e)
+            .with_context(|| format!("extracting {}", String::from_utf8_lossy(&e.path)))?;
     }
     let chunk = m.batch.max(16);
     let bar = progress(a.data_len(), !log::log_enabled!(log::Level::Info));
     let mut i = 0;
     while i < a.block_count() {
         let end = (i + chunk).min(a.block_count());
-        for (k, r) in a.decode_blocks(model, i..end, m.batch)?.into_iter().enumerate() {
+        for (k, r) in a
+            .decode_blocks(model, i..end, m.batch)?
+            .into_iter()
+            .enumerate()
+        {
             let plain = r.with_context(|| format!("{}: block {}", archive.display(), i + k))?;
             ex.data(a.block_start(i + k), &plain)?;
             bar.inc(plain.len() as u64);
@@ -224,7 +273,11 @@ fn unpack(archive: &PathBuf, dir: &PathBuf, overwrite: bool, m: &ModelArgs) -> R
     }
     bar.finish_and_clear();
     let (files, bytes) = ex.finish()?;
-    log::info!("extracted {} entries ({files} files, {bytes} bytes) into {}", a.entries().len(), dir.display());
+    log::info!(
+        "extracted {} entries ({files} files, {bytes} bytes) into {}",
+        a.entries().len(),
+        dir.display()
+    );
     Ok(())
 }
 
@@ -235,13 +288,15 @@ pub fn progress(total: u64, hidden: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }
 
-fn list(archive: &PathBuf, json: bool, long: bool) -> Result<()> {
+fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
     let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -319,23 +374,46 @@ fn kind_name(k: EntryKind) -> &'static str {
     }
 }
 
-fn cat(archive: &PathBuf, path: &str, offset: u64, length: Option<u64>, stats: bool, m: &ModelArgs) -> Result<()> {
+fn cat(
+    archive: &Path,
+    path: &str,
+    offset: u64,
+    length: Option<u64>,
+    stats: bool,
+    m: &ModelArgs,
+) -> Result<()> {
     let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
     let idx = a
-        .find(path.trim_start_matches("./").trim_end_matches('/').as_bytes())
-        .ok_or_else(|| lmz::Error::usage(format!("{path}: no such entry in {}", archive.display())))?;
+        .find(
+            path.trim_start_matches("./")
+                .trim_end_matches('/')
+                .as_bytes(),
+        )
+        .ok_or_else(|| {
+            lmz::Error::usage(format!("{path}: no such entry in {}", archive.display()))
+        })?;
     a.file_entry(idx)?;
     let model = engine::load_for_archive(a.header(), m)?;
     a.check_model(model.as_deref())?;
-    let bytes = a.read(model.as_deref(), idx, offset, length.unwrap_or(u64::MAX), m.batch)?;
+    let bytes = a.read(
+        model.as_deref(),
+        idx,
+        offset,
+        length.unwrap_or(u64::MAX),
+        m.batch,
+    )?;
     std::io::stdout().lock().write_all(&bytes)?;
     if stats {
-        eprintln!("lmz: decoded {} of {} blocks", a.blocks_decoded(), a.block_count());
+        eprintln!(
+            "lmz: decoded {} of {} blocks",
+            a.blocks_decoded(),
+            a.block_count()
+        );
     }
     Ok(())
 }
 
-fn verify(archive: &PathBuf, m: &ModelArgs) -> Result<()> {
+fn verify(archive: &Path, m: &ModelArgs) -> Result<()> {
     let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
     let model = engine::load_for_archive(a.header(), m)?;
     a.check_model(model.as_deref())?;
@@ -346,7 +424,11 @@ fn verify(archive: &PathBuf, m: &ModelArgs) -> Result<()> {
     let mut i = 0;
     while i < a.block_count() {
         let end = (i + chunk).min(a.block_count());
-        for (k, r) in a.decode_blocks(model.as_deref(), i..end, m.batch)?.into_iter().enumerate() {
+        for (k, r) in a
+            .decode_blocks(model.as_deref(), i..end, m.batch)?
+            .into_iter()
+            .enumerate()
+        {
             match r {
                 Ok(p) => bar.inc(p.len() as u64),
                 Err(e) => {
@@ -370,6 +452,10 @@ fn verify(archive: &PathBuf, m: &ModelArgs) -> Result<()> {
             );
             Ok(())
         }
-        Some(e) => Err(anyhow::Error::new(e).context(format!("{}: {bad} of {} blocks failed", archive.display(), a.block_count()))),
+        Some(e) => Err(anyhow::Error::new(e).context(format!(
+            "{}: {bad} of {} blocks failed",
+            archive.display(),
+            a.block_count()
+        ))),
     }
 }

@@ -46,7 +46,8 @@ struct Walker<'w, 'm, W: Write> {
 
 impl<W: Write> Walker<'_, '_, W> {
     fn add(&mut self, fs_path: &Path, name: &[u8]) -> Result<()> {
-        let md = std::fs::symlink_metadata(fs_path).with_context(|| format!("{}", fs_path.display()))?;
+        let md =
+            std::fs::symlink_metadata(fs_path).with_context(|| format!("{}", fs_path.display()))?;
         let id = (md.dev(), md.ino());
         if Some(id) == self.skip {
             return Ok(());
@@ -67,8 +68,10 @@ impl<W: Write> Walker<'_, '_, W> {
                 self.add(&fs_path.join(&k), &child)?;
             }
         } else if ft.is_symlink() {
-            let t = std::fs::read_link(fs_path).with_context(|| format!("{}", fs_path.display()))?;
-            self.w.add_symlink(name, t.as_os_str().as_bytes(), meta(&md))?;
+            let t =
+                std::fs::read_link(fs_path).with_context(|| format!("{}", fs_path.display()))?;
+            self.w
+                .add_symlink(name, t.as_os_str().as_bytes(), meta(&md))?;
         } else if ft.is_file() {
             if md.nlink() > 1 {
                 if let Some(first) = self.links.get(&id) {
@@ -78,9 +81,14 @@ impl<W: Write> Walker<'_, '_, W> {
                 self.links.insert(id, name.to_vec());
             }
             let mut f = File::open(fs_path).with_context(|| format!("{}", fs_path.display()))?;
-            self.w.add_file(name, meta(&md), md.len(), &mut f).with_context(|| format!("{}", fs_path.display()))?;
+            self.w
+                .add_file(name, meta(&md), md.len(), &mut f)
+                .with_context(|| format!("{}", fs_path.display()))?;
         } else {
-            log::warn!("{}: skipping (not a regular file, directory or symlink)", fs_path.display());
+            log::warn!(
+                "{}: skipping (not a regular file, directory or symlink)",
+                fs_path.display()
+            );
         }
         Ok(())
     }
@@ -98,12 +106,24 @@ fn input_name(p: &Path) -> Result<Vec<u8>> {
     };
     match p.file_name() {
         Some(n) => Ok(n.as_bytes().to_vec()),
-        None => bail!(lmz::Error::usage(format!("{}: cannot name this input in the archive", p.display()))),
+        None => bail!(lmz::Error::usage(format!(
+            "{}: cannot name this input in the archive",
+            p.display()
+        ))),
     }
 }
 
-fn write_all<W: Write>(args: &PackArgs, model: Option<&dyn Model>, out: W, skip: Option<(u64, u64)>) -> Result<W> {
-    let opts = WriterOptions { block_size: args.block_size, width: args.m.batch.max(1), zstd_level: args.zstd_level };
+fn write_all<W: Write>(
+    args: &PackArgs,
+    model: Option<&dyn Model>,
+    out: W,
+    skip: Option<(u64, u64)>,
+) -> Result<W> {
+    let opts = WriterOptions {
+        block_size: args.block_size,
+        width: args.m.batch.max(1),
+        zstd_level: args.zstd_level,
+    };
     let mut w = Writer::new(out, model, opts)?;
     let bar = crate::progress(0, !args.show_progress);
     let b2 = bar.clone();
@@ -115,8 +135,16 @@ fn write_all<W: Write>(args: &PackArgs, model: Option<&dyn Model>, out: W, skip:
         let n = std::io::copy(&mut std::io::stdin().lock(), &mut spool).context("reading stdin")?;
         use std::io::Seek;
         spool.seek(std::io::SeekFrom::Start(0))?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let meta = Meta { mode: 0o644, uid: 0, gid: 0, mtime_sec: now.as_secs() as i64, mtime_nsec: now.subsec_nanos() };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let meta = Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: now.as_secs() as i64,
+            mtime_nsec: now.subsec_nanos(),
+        };
         bar.set_length(n);
         w.add_file(args.stdin_name.as_bytes(), meta, n, &mut spool)?;
     } else {
@@ -125,7 +153,11 @@ fn write_all<W: Write>(args: &PackArgs, model: Option<&dyn Model>, out: W, skip:
             total += du(i);
         }
         bar.set_length(total);
-        let mut walker = Walker { w: &mut w, links: HashMap::new(), skip };
+        let mut walker = Walker {
+            w: &mut w,
+            links: HashMap::new(),
+            skip,
+        };
         for i in &args.inputs {
             if i.as_os_str() == "-" {
                 bail!(lmz::Error::usage("`-` (stdin) must be the only input"));
@@ -142,7 +174,11 @@ fn write_all<W: Write>(args: &PackArgs, model: Option<&dyn Model>, out: W, skip:
         stats.entries,
         stats.plain_bytes,
         stats.archive_bytes,
-        if stats.plain_bytes > 0 { stats.archive_bytes as f64 * 8.0 / stats.plain_bytes as f64 } else { 0.0 },
+        if stats.plain_bytes > 0 {
+            stats.archive_bytes as f64 * 8.0 / stats.plain_bytes as f64
+        } else {
+            0.0
+        },
         model_blocks,
         stats.blocks[lmz::format::Codec::Zstd as usize],
         stats.blocks[lmz::format::Codec::Stored as usize],
@@ -164,7 +200,12 @@ fn tempfile_spool() -> Result<File> {
     let dir = std::env::temp_dir();
     for i in 0..1000 {
         let p = dir.join(format!("lmz-stdin-{}-{i}", std::process::id()));
-        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p) {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
             Ok(f) => {
                 let _ = std::fs::remove_file(&p);
                 return Ok(f);
@@ -202,8 +243,14 @@ pub fn run(args: PackArgs) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let base = out_path.file_name().ok_or_else(|| lmz::Error::usage(format!("{}: not a file name", out_path.display())))?;
-    let tmp = dir.join(format!(".{}.lmz-tmp-{}", base.to_string_lossy(), std::process::id()));
+    let base = out_path
+        .file_name()
+        .ok_or_else(|| lmz::Error::usage(format!("{}: not a file name", out_path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.lmz-tmp-{}",
+        base.to_string_lossy(),
+        std::process::id()
+    ));
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -213,7 +260,9 @@ pub fn run(args: PackArgs) -> Result<()> {
     let md = file.metadata().map_err(|e| lmz::Error::io(&tmp, e))?;
     let out = BufWriter::with_capacity(1 << 20, file);
     let out = write_all(&args, model, out, Some((md.dev(), md.ino())))?;
-    let file = out.into_inner().map_err(|e| lmz::Error::io(&tmp, e.into_error()))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| lmz::Error::io(&tmp, e.into_error()))?;
     file.sync_all().map_err(|e| lmz::Error::io(&tmp, e))?;
     drop(file);
     std::fs::rename(&tmp, out_path).map_err(|e| lmz::Error::io(out_path, e))?;

@@ -28,7 +28,11 @@ fn tree_round_trip_with_every_engine() {
     let src = tree(t.path());
     for engine in ["order1", "none"] {
         let a = t.path().join(format!("{engine}.lmz"));
-        run(lmz().args(["pack", "--engine", engine, "--block-size", "4096", "-q"]).arg(&src).arg("-o").arg(&a));
+        run(lmz()
+            .args(["pack", "--engine", engine, "--block-size", "4096", "-q"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&a));
         let out = t.path().join(format!("out-{engine}"));
         run(lmz().args(["unpack", "-q"]).arg(&a).arg("-C").arg(&out));
         assert_same_tree(&src, &out.join("src"));
@@ -42,7 +46,16 @@ fn pipe_round_trip() {
     let src = tree(t.path());
     let out = t.path().join("out");
     let mut pack = lmz()
-        .args(["pack", "--engine", "order1", "--block-size", "2048", "-q", "-o", "-"])
+        .args([
+            "pack",
+            "--engine",
+            "order1",
+            "--block-size",
+            "2048",
+            "-q",
+            "-o",
+            "-",
+        ])
         .arg(&src)
         .stdout(Stdio::piped())
         .spawn()
@@ -64,7 +77,16 @@ fn stdin_stream_is_packed_as_one_file() {
     let data = corpus("html", 30_000);
     let a = t.path().join("s.lmz");
     let mut p = lmz()
-        .args(["pack", "--engine", "order1", "-q", "-", "--stdin-name", "page.html", "-o"])
+        .args([
+            "pack",
+            "--engine",
+            "order1",
+            "-q",
+            "-",
+            "--stdin-name",
+            "page.html",
+            "-o",
+        ])
         .arg(&a)
         .stdin(Stdio::piped())
         .spawn()
@@ -81,8 +103,17 @@ fn cat_decodes_only_the_covering_blocks() {
     let data = corpus("alice29.txt", 16 * 1024);
     std::fs::write(t.path().join("alice"), &data).unwrap();
     let a = t.path().join("a.lmz");
-    run(lmz().args(["pack", "--engine", "order1", "--block-size", "1024", "-q"]).arg(t.path().join("alice")).arg("-o").arg(&a));
-    for (off, len, blocks) in [(0u64, 10u64, 1), (1000, 100, 2), (5000, 3000, 4), (16_000, 10_000, 1)] {
+    run(lmz()
+        .args(["pack", "--engine", "order1", "--block-size", "1024", "-q"])
+        .arg(t.path().join("alice"))
+        .arg("-o")
+        .arg(&a));
+    for (off, len, blocks) in [
+        (0u64, 10u64, 1),
+        (1000, 100, 2),
+        (5000, 3000, 4),
+        (16_000, 10_000, 1),
+    ] {
         let out = run(lmz().args(["cat", "--stats"]).arg(&a).arg("alice").args([
             "--offset",
             &off.to_string(),
@@ -92,10 +123,16 @@ fn cat_decodes_only_the_covering_blocks() {
         let end = (off + len).min(data.len() as u64) as usize;
         assert_eq!(out.stdout, &data[off as usize..end]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("decoded {blocks} of 16 blocks")), "{off}+{len}: {err}");
+        assert!(
+            err.contains(&format!("decoded {blocks} of 16 blocks")),
+            "{off}+{len}: {err}"
+        );
     }
     // Past the end: nothing, and nothing decoded.
-    let out = run(lmz().args(["cat", "--stats", "--offset", "99999"]).arg(&a).arg("alice"));
+    let out = run(lmz()
+        .args(["cat", "--stats", "--offset", "99999"])
+        .arg(&a)
+        .arg("alice"));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("decoded 0 of 16"));
 }
@@ -105,7 +142,11 @@ fn list_shows_entries_and_json() {
     let t = tempfile::tempdir().unwrap();
     let src = tree(t.path());
     let a = t.path().join("a.lmz");
-    run(lmz().args(["pack", "--engine", "none", "-q"]).arg(&src).arg("-o").arg(&a));
+    run(lmz()
+        .args(["pack", "--engine", "none", "-q"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&a));
     let out = run(lmz().args(["list"]).arg(&a));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.lines().any(|l| l == "src/nested/deeper/hardlink.txt"));
@@ -113,7 +154,10 @@ fn list_shows_entries_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = v["entries"].as_array().unwrap();
     // The walk is sorted, so the link inside nested/deeper is met first and holds the data.
-    let hl = entries.iter().find(|e| e["path"] == "src/nested/unicode.txt").unwrap();
+    let hl = entries
+        .iter()
+        .find(|e| e["path"] == "src/nested/unicode.txt")
+        .unwrap();
     assert_eq!(hl["kind"], "hardlink");
     assert_eq!(hl["link"], "src/nested/deeper/hardlink.txt");
 }
@@ -124,15 +168,31 @@ fn corrupt_archive_fails_with_exit_4_and_names_the_block() {
     let f = t.path().join("f");
     std::fs::write(&f, corpus("alice29.txt", 8000)).unwrap();
     let a = t.path().join("a.lmz");
-    run(lmz().args(["pack", "--engine", "order1", "--block-size", "2048", "-q"]).arg(&f).arg("-o").arg(&a));
+    run(lmz()
+        .args(["pack", "--engine", "order1", "--block-size", "2048", "-q"])
+        .arg(&f)
+        .arg("-o")
+        .arg(&a));
     let mut bytes = std::fs::read(&a).unwrap();
     // Damage the middle of the second block's payload (find blocks by their magic).
-    let starts: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| w == b"LMZB").map(|(i, _)| i).collect();
+    let starts: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| w == b"LMZB")
+        .map(|(i, _)| i)
+        .collect();
     bytes[starts[1] + 40] ^= 0x20;
     std::fs::write(&a, &bytes).unwrap();
     let err = run_fail(lmz().args(["verify"]).arg(&a), 4);
     assert!(err.contains("block 1"), "{err}");
-    let err = run_fail(lmz().args(["unpack"]).arg(&a).arg("-C").arg(t.path().join("o")), 4);
+    let err = run_fail(
+        lmz()
+            .args(["unpack"])
+            .arg(&a)
+            .arg("-C")
+            .arg(t.path().join("o")),
+        4,
+    );
     assert!(err.contains("block 1"), "{err}");
     // The damaged file is not left behind with partial content.
     assert!(!t.path().join("o/f").exists());
@@ -144,21 +204,38 @@ fn corrupt_archive_fails_with_exit_4_and_names_the_block() {
 #[test]
 fn usage_and_io_errors_have_their_exit_codes() {
     let t = tempfile::tempdir().unwrap();
-    run_fail(lmz().args(["pack", "--engine", "none", "/nonexistent/input", "-o"]).arg(t.path().join("x.lmz")), 3);
+    run_fail(
+        lmz()
+            .args(["pack", "--engine", "none", "/nonexistent/input", "-o"])
+            .arg(t.path().join("x.lmz")),
+        3,
+    );
     assert!(!t.path().join("x.lmz").exists());
-    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0, "no temporary file left behind");
+    assert_eq!(
+        std::fs::read_dir(t.path()).unwrap().count(),
+        0,
+        "no temporary file left behind"
+    );
     run_fail(lmz().args(["list", "/nonexistent.lmz"]), 3);
     run_fail(lmz().args(["frobnicate"]), 2);
     let f = t.path().join("f");
     std::fs::write(&f, b"hello").unwrap();
     let a = t.path().join("a.lmz");
-    run(lmz().args(["pack", "--engine", "none", "-q"]).arg(&f).arg("-o").arg(&a));
+    run(lmz()
+        .args(["pack", "--engine", "none", "-q"])
+        .arg(&f)
+        .arg("-o")
+        .arg(&a));
     run_fail(lmz().args(["cat"]).arg(&a).arg("nope"), 2);
     // Existing files are not overwritten unless asked.
     let out = t.path().join("out");
     run(lmz().args(["unpack", "-q"]).arg(&a).arg("-C").arg(&out));
     run_fail(lmz().args(["unpack", "-q"]).arg(&a).arg("-C").arg(&out), 2);
-    run(lmz().args(["unpack", "-q", "--overwrite"]).arg(&a).arg("-C").arg(&out));
+    run(lmz()
+        .args(["unpack", "-q", "--overwrite"])
+        .arg(&a)
+        .arg("-C")
+        .arg(&out));
     // Not an archive at all.
     run_fail(lmz().args(["list"]).arg(&f), 4);
 }

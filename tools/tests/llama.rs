@@ -24,7 +24,10 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 /// Number of model-coded blocks reported by `lmz pack`.
 fn model_blocks(stderr: &[u8]) -> u64 {
     let s = String::from_utf8_lossy(stderr);
-    let tail = s.split("blocks: ").nth(1).unwrap_or_else(|| panic!("no block summary in {s}"));
+    let tail = s
+        .split("blocks: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no block summary in {s}"));
     tail.split_whitespace().next().unwrap().parse().unwrap()
 }
 
@@ -48,14 +51,30 @@ fn corpus_tree_round_trip_with_other_threads_and_width() {
     let a = t.path().join("a.lmz");
     // Encode: 2 threads, 4 blocks in lockstep; blocks of 2 KiB hold > 256 tokens of prose.
     let out = run(lmz()
-        .args(["pack", "--block-size", "2048", "--threads", "2", "--batch", "4"])
+        .args([
+            "pack",
+            "--block-size",
+            "2048",
+            "--threads",
+            "2",
+            "--batch",
+            "4",
+        ])
         .arg(&src)
         .arg("-o")
         .arg(&a));
-    assert!(model_blocks(&out.stderr) >= 3, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        model_blocks(&out.stderr) >= 3,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Decode: 1 thread, one block at a time.
     let dst = t.path().join("out");
-    run(lmz().args(["unpack", "-q", "--threads", "1", "--batch", "1"]).arg(&a).arg("-C").arg(&dst));
+    run(lmz()
+        .args(["unpack", "-q", "--threads", "1", "--batch", "1"])
+        .arg(&a)
+        .arg("-C")
+        .arg(&dst));
     assert_same_tree(&src, &dst.join("src"));
 }
 
@@ -66,13 +85,26 @@ fn pipe_round_trip_through_the_model() {
     let f = t.path().join("alice.txt");
     std::fs::write(&f, corpus("alice29.txt", 1200)).unwrap();
     let out = t.path().join("out");
-    let mut pack = lmz().args(["pack", "-q", "--block-size", "1024", "-o", "-"]).arg(&f).stdout(Stdio::piped()).spawn().unwrap();
+    let mut pack = lmz()
+        .args(["pack", "-q", "--block-size", "1024", "-o", "-"])
+        .arg(&f)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pack_out = pack.stdout.take().unwrap();
     assert!(pack.wait().unwrap().success());
     // Sequential, not concurrent: two model processes would share the two cores.
-    let mut unpack = lmz().args(["unpack", "-q", "-", "-C"]).arg(&out).stdin(pack_out).spawn().unwrap();
+    let mut unpack = lmz()
+        .args(["unpack", "-q", "-", "-C"])
+        .arg(&out)
+        .stdin(pack_out)
+        .spawn()
+        .unwrap();
     assert!(unpack.wait().unwrap().success());
-    assert_eq!(std::fs::read(out.join("alice.txt")).unwrap(), std::fs::read(&f).unwrap());
+    assert_eq!(
+        std::fs::read(out.join("alice.txt")).unwrap(),
+        std::fs::read(&f).unwrap()
+    );
 }
 
 #[test]
@@ -83,11 +115,21 @@ fn cat_range_decodes_only_covering_blocks() {
     let f = t.path().join("play");
     std::fs::write(&f, &data).unwrap();
     let a = t.path().join("a.lmz");
-    run(lmz().args(["pack", "-q", "--block-size", "512"]).arg(&f).arg("-o").arg(&a));
-    let out = run(lmz().args(["cat", "--stats", "--offset", "1100", "--length", "100"]).arg(&a).arg("play"));
+    run(lmz()
+        .args(["pack", "-q", "--block-size", "512"])
+        .arg(&f)
+        .arg("-o")
+        .arg(&a));
+    let out = run(lmz()
+        .args(["cat", "--stats", "--offset", "1100", "--length", "100"])
+        .arg(&a)
+        .arg("play"));
     assert_eq!(out.stdout, &data[1100..1200]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("decoded 1 of 8 blocks"));
-    let out = run(lmz().args(["cat", "--stats", "--offset", "1000", "--length", "600"]).arg(&a).arg("play"));
+    let out = run(lmz()
+        .args(["cat", "--stats", "--offset", "1000", "--length", "600"])
+        .arg(&a)
+        .arg("play"));
     assert_eq!(out.stdout, &data[1000..1600]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("decoded 3 of 8 blocks"));
 }
@@ -111,14 +153,21 @@ fn wrong_model_is_refused_before_anything_is_written() {
             c.arg("-C").arg(&dst);
         }
         let err = run_fail(&mut c, 5);
-        assert!(err.contains("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"), "{err}");
+        assert!(
+            err.contains("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+            "{err}"
+        );
         assert!(err.contains("wrong model"), "{err}");
     }
     assert!(!dst.exists(), "nothing may be written with the wrong model");
     // Pipe too.
     let err = {
         let mut c = lmz();
-        c.args(["unpack", "-", "--model"]).arg(&fake).arg("-C").arg(&dst).stdin(std::fs::File::open(&a).unwrap());
+        c.args(["unpack", "-", "--model"])
+            .arg(&fake)
+            .arg("-C")
+            .arg(&dst)
+            .stdin(std::fs::File::open(&a).unwrap());
         run_fail(&mut c, 5)
     };
     assert!(err.contains("wrong model"), "{err}");
@@ -132,7 +181,11 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
     let _g = lock();
     let file = resolve(None, Want::Default).unwrap();
     let m2 = lmz::model::llama::load(&file, 1024, 2).unwrap();
-    let texts = [corpus("alice29.txt", 1800), corpus("html", 700), corpus("urls.10K", 500)];
+    let texts = [
+        corpus("alice29.txt", 1800),
+        corpus("html", 700),
+        corpus("urls.10K", 500),
+    ];
     let plains: Vec<&[u8]> = texts.iter().map(|t| &t[..]).collect();
     let (w1, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 1, 19).unwrap();
     let (w3, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 3, 19).unwrap();
@@ -146,9 +199,18 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
     let refs: Vec<BlockRefData> = w3
         .iter()
         .enumerate()
-        .map(|(i, c)| BlockRefData { number: i as u64, offset: 0, header: c.header, payload: &c.payload })
+        .map(|(i, c)| BlockRefData {
+            number: i as u64,
+            offset: 0,
+            header: c.header,
+            payload: &c.payload,
+        })
         .collect();
-    for (r, t) in decode_blocks(Some(&m1 as &dyn Model), &refs, 2).unwrap().into_iter().zip(&texts) {
+    for (r, t) in decode_blocks(Some(&m1 as &dyn Model), &refs, 2)
+        .unwrap()
+        .into_iter()
+        .zip(&texts)
+    {
         assert_eq!(&r.unwrap(), t);
     }
     // A block coded under another context (here: its payload decoded as if it were another
@@ -156,6 +218,11 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
     let mut swapped = w3[1].header;
     swapped.plain_crc = w3[0].header.plain_crc;
     swapped.plain_len = w3[0].header.plain_len;
-    let bad = [BlockRefData { number: 9, offset: 0, header: swapped, payload: &w3[1].payload }];
+    let bad = [BlockRefData {
+        number: 9,
+        offset: 0,
+        header: swapped,
+        payload: &w3[1].payload,
+    }];
     assert!(decode_blocks(Some(&m1 as &dyn Model), &bad, 1).unwrap()[0].is_err());
 }

@@ -39,7 +39,8 @@ pub fn run_fail(cmd: &mut Command, code: i32) -> String {
 
 /// The first `n` bytes of a corpus file, or `None` when the shared corpus is absent.
 pub fn corpus(name: &str, n: usize) -> Vec<u8> {
-    let mut b = std::fs::read(Path::new(CORPUS).join(name)).unwrap_or_else(|e| panic!("corpus file {name}: {e}"));
+    let mut b = std::fs::read(Path::new(CORPUS).join(name))
+        .unwrap_or_else(|e| panic!("corpus file {name}: {e}"));
     b.truncate(n);
     b
 }
@@ -56,15 +57,29 @@ pub fn write(p: &Path, bytes: &[u8], mode: u32, mtime: (i64, u32)) {
 pub fn make_tree(root: &Path, files: &[(&str, Vec<u8>)]) {
     std::fs::create_dir_all(root.join("nested/deeper/deepest")).unwrap();
     for (i, (name, bytes)) in files.iter().enumerate() {
-        write(&root.join(name), bytes, 0o644, (1_600_000_000 + i as i64, 123_456_789));
+        write(
+            &root.join(name),
+            bytes,
+            0o644,
+            (1_600_000_000 + i as i64, 123_456_789),
+        );
     }
     write(&root.join("empty"), b"", 0o600, (1_500_000_000, 1));
-    let mut odd = b"valid text, then invalid UTF-8: \xff\xfe\xc3\x28 and NULs \0\0\0 and \xe2\x82 truncated".to_vec();
+    let mut odd =
+        b"valid text, then invalid UTF-8: \xff\xfe\xc3\x28 and NULs \0\0\0 and \xe2\x82 truncated"
+            .to_vec();
     odd.extend((0..=255u8).collect::<Vec<_>>());
-    write(&root.join("nested/binary-ish.dat"), &odd, 0o640, (1_234_567_890, 999_999_999));
+    write(
+        &root.join("nested/binary-ish.dat"),
+        &odd,
+        0o640,
+        (1_234_567_890, 999_999_999),
+    );
     write(
         &root.join("nested/unicode.txt"),
-        "Grüße, 世界! Ελληνικά — emoji 🦀🚀 and combining é\n".repeat(3).as_bytes(),
+        "Grüße, 世界! Ελληνικά — emoji 🦀🚀 and combining é\n"
+            .repeat(3)
+            .as_bytes(),
         0o444,
         (1_700_000_000, 5),
     );
@@ -73,12 +88,30 @@ pub fn make_tree(root: &Path, files: &[(&str, Vec<u8>)]) {
     ws.extend(b"\t\t\t\n\n\n\n\r\n");
     ws.extend(std::iter::repeat_n(b'\n', 100));
     ws.extend(b"after");
-    write(&root.join("nested/deeper/whitespace.txt"), &ws, 0o755, (1_650_000_000, 42));
-    write(&root.join("nested/deeper/deepest/small"), b"x", 0o600, (0, 0));
+    write(
+        &root.join("nested/deeper/whitespace.txt"),
+        &ws,
+        0o755,
+        (1_650_000_000, 42),
+    );
+    write(
+        &root.join("nested/deeper/deepest/small"),
+        b"x",
+        0o600,
+        (0, 0),
+    );
     std::os::unix::fs::symlink("../empty", root.join("nested/link-to-empty")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/absolute target", root.join("dangling")).unwrap();
-    std::fs::hard_link(root.join("nested/unicode.txt"), root.join("nested/deeper/hardlink.txt")).unwrap();
-    std::fs::set_permissions(root.join("nested/deeper"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::hard_link(
+        root.join("nested/unicode.txt"),
+        root.join("nested/deeper/hardlink.txt"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.join("nested/deeper"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     for d in ["nested/deeper/deepest", "nested/deeper", "nested"] {
         let t = filetime::FileTime::from_unix_time(1_400_000_000, 777);
         filetime::set_file_times(root.join(d), t, t).unwrap();
@@ -103,8 +136,16 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
     out
 }
 
-fn walk(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Node>, inodes: &mut BTreeMap<u64, String>) {
-    let mut kids: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).collect();
+fn walk(
+    root: &Path,
+    p: &Path,
+    out: &mut BTreeMap<PathBuf, Node>,
+    inodes: &mut BTreeMap<u64, String>,
+) {
+    let mut kids: Vec<_> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     kids.sort();
     for k in kids {
         let md = std::fs::symlink_metadata(&k).unwrap();
@@ -112,14 +153,37 @@ fn walk(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Node>, inodes: &mut B
         let (kind, content) = if md.is_dir() {
             ("dir", Vec::new())
         } else if md.file_type().is_symlink() {
-            ("symlink", std::fs::read_link(&k).unwrap().into_os_string().into_encoded_bytes())
+            (
+                "symlink",
+                std::fs::read_link(&k)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
         } else {
             ("file", std::fs::read(&k).unwrap())
         };
-        let link_group = (kind == "file" && md.nlink() > 1)
-            .then(|| inodes.entry(md.ino()).or_insert_with(|| rel.display().to_string()).clone());
-        let mode = if kind == "symlink" { 0 } else { md.mode() & 0o7777 };
-        out.insert(rel, Node { kind, mode, mtime: (md.mtime(), md.mtime_nsec()), content, link_group });
+        let link_group = (kind == "file" && md.nlink() > 1).then(|| {
+            inodes
+                .entry(md.ino())
+                .or_insert_with(|| rel.display().to_string())
+                .clone()
+        });
+        let mode = if kind == "symlink" {
+            0
+        } else {
+            md.mode() & 0o7777
+        };
+        out.insert(
+            rel,
+            Node {
+                kind,
+                mode,
+                mtime: (md.mtime(), md.mtime_nsec()),
+                content,
+                link_group,
+            },
+        );
         if md.is_dir() {
             walk(root, &k, out, inodes);
         }
@@ -128,7 +192,11 @@ fn walk(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Node>, inodes: &mut B
 
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let (x, y) = (snapshot(a), snapshot(b));
-    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "different entries");
+    assert_eq!(
+        x.keys().collect::<Vec<_>>(),
+        y.keys().collect::<Vec<_>>(),
+        "different entries"
+    );
     for (k, v) in &x {
         assert_eq!(v, &y[k], "{} differs", k.display());
     }

@@ -94,7 +94,8 @@ pub fn encode_blocks(
             continue;
         }
         if let Some(tokens) = model.tokenize(p) {
-            if !tokens.is_empty() && tokens.len() <= max_tokens {
+            // Every token must stand for at least one byte (FORMAT.md: tokens ≤ plain_len).
+            if !tokens.is_empty() && tokens.len() <= max_tokens && tokens.len() <= p.len() {
                 jobs.push((i, tokens));
             }
         }
@@ -279,6 +280,21 @@ impl Job for DecodeJob<'_, '_> {
     }
 }
 
+/// Decompresses a zstd block into at most `limit` bytes. Memory grows with the output
+/// actually produced, so a header claiming a large block costs nothing by itself.
+fn zstd_decompress(b: &BlockRefData<'_>, limit: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let err =
+        |e: std::io::Error| Error::corrupt(b.offset, format!("block {}: zstd: {e}", b.number));
+    let dec = zstd::stream::read::Decoder::with_buffer(b.payload).map_err(err)?;
+    let mut out = Vec::with_capacity(limit.min(1 << 16));
+    // One byte more than allowed reveals a stream that is too long.
+    dec.take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(err)?;
+    Ok(out)
+}
+
 /// Checks a decoded block against its header.
 fn check_plain(b: &BlockRefData<'_>, plain: Vec<u8>) -> Result<Vec<u8>> {
     if plain.len() != b.header.plain_len as usize {
@@ -325,11 +341,7 @@ pub fn decode_blocks(
         let plain_len = b.header.plain_len as usize;
         results[i] = match b.header.codec {
             Codec::Stored => Some(check_plain(b, b.payload.to_vec())),
-            Codec::Zstd => Some(
-                zstd::bulk::decompress(b.payload, plain_len)
-                    .map_err(|e| Error::corrupt(b.offset, format!("block {}: zstd: {e}", b.number)))
-                    .and_then(|p| check_plain(b, p)),
-            ),
+            Codec::Zstd => Some(zstd_decompress(b, plain_len).and_then(|p| check_plain(b, p))),
             Codec::Model => match model {
                 None => Some(Err(Error::usage(format!(
                     "block {} needs the archive's model",
@@ -350,9 +362,10 @@ pub fn decode_blocks(
                 DecodeJob {
                     model,
                     dec: Decoder::new(b.payload),
-                    tokens: Vec::with_capacity(b.header.tokens as usize),
+                    // Capacities grow with what is decoded, not with what a header claims.
+                    tokens: Vec::with_capacity((b.header.tokens as usize).min(4096)),
                     n: b.header.tokens as usize,
-                    plain: Vec::with_capacity(b.header.plain_len as usize),
+                    plain: Vec::with_capacity((b.header.plain_len as usize).min(1 << 16)),
                     limit: b.header.plain_len as usize,
                     block: b.number,
                     offset: b.offset,

@@ -276,6 +276,12 @@ impl Header {
             kv_type: b[39],
         };
         validate_pin(&pin)?;
+        if pin.kind != ModelKind::None && pin.max_block_tokens > block_size {
+            return Err(Error::corrupt(
+                32,
+                "max_block_tokens exceeds the block size",
+            ));
+        }
         let mut pos = HEADER_FIXED_LEN;
         let mut strings = Vec::with_capacity(4);
         for _ in 0..4 {
@@ -480,7 +486,8 @@ impl BlockHeader {
                         "model-coded block in an archive without a model",
                     ));
                 }
-                if h.tokens == 0 || h.tokens > header.pin.max_block_tokens {
+                if h.tokens == 0 || h.tokens > header.pin.max_block_tokens || h.tokens > h.plain_len
+                {
                     return Err(Error::corrupt(
                         offset + 16,
                         format!("token count {} out of range", h.tokens),

@@ -286,7 +286,11 @@ fn zstd_decompress(b: &BlockRefData<'_>, limit: usize) -> Result<Vec<u8>> {
     use std::io::Read;
     let err =
         |e: std::io::Error| Error::corrupt(b.offset, format!("block {}: zstd: {e}", b.number));
-    let dec = zstd::stream::read::Decoder::with_buffer(b.payload).map_err(err)?;
+    // Exactly one frame (FORMAT.md): no skippable or concatenated frames.
+    if zstd::zstd_safe::find_frame_compressed_size(b.payload) != Ok(b.payload.len()) {
+        return Err(Error::corrupt(b.offset, format!("block {}: payload is not exactly one zstd frame", b.number)));
+    }
+    let dec = zstd::stream::read::Decoder::with_buffer(b.payload).map_err(err)?.single_frame();
     let mut out = Vec::with_capacity(limit.min(1 << 16));
     // One byte more than allowed reveals a stream that is too long.
     dec.take(limit as u64 + 1)
@@ -377,6 +381,12 @@ pub fn decode_blocks(
         for ((job, err), &i) in jobs.into_iter().zip(failed).zip(&model_jobs) {
             results[i] = Some(match err {
                 Some(e) => Err(e),
+                // The decoder reads exactly as many bytes as the encoder wrote before trimming
+                // trailing zeros, so a payload longer than that carries bytes no token used.
+                None if job.dec.consumed() < blocks[i].payload.len() => Err(Error::corrupt(
+                    blocks[i].offset,
+                    format!("block {}: bytes after the end of the coded tokens", blocks[i].number),
+                )),
                 None => check_plain(&blocks[i], job.plain),
             });
         }

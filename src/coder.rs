@@ -149,9 +149,10 @@ impl<'a> Decoder<'a> {
         Some(s)
     }
 
-    /// Bytes consumed beyond the input's end (a sign of a truncated stream when large).
-    pub fn overrun(&self) -> usize {
-        self.pos.saturating_sub(self.input.len())
+    /// Bytes read so far, counting the zeros read past the end of the input. After the last
+    /// symbol this equals the encoder's output length before trailing zeros were trimmed.
+    pub fn consumed(&self) -> usize {
+        self.pos
     }
 }
 
@@ -245,6 +246,7 @@ mod tests {
             for (i, &s) in syms.iter().enumerate() {
                 assert_eq!(dec.decode(&tables[i % tables.len()], 24), Some(s));
             }
+            assert!(dec.consumed() >= bytes.len());
         }
     }
 

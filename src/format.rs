@@ -670,6 +670,9 @@ impl Entry {
                 "entry fields do not fit its kind",
             ));
         }
+        if self.link.len() > MAX_LINK_LEN {
+            return Err(Error::corrupt(offset, "link target longer than 4096 bytes"));
+        }
         if self.link.contains(&0) {
             return Err(Error::corrupt(offset, "link target contains a NUL byte"));
         }

@@ -11,8 +11,11 @@ use lmz::format::ModelKind;
 use lmz::model::order1::Order1;
 use lmz::model::Model;
 
+/// (path, contents) of every regular file in the reference archive.
+type Files = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A small archive with several blocks (model-coded, zstd and stored) and entries.
-fn reference() -> (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn reference() -> (Vec<u8>, Files) {
     let m = Order1::new(512);
     let opts = WriterOptions {
         block_size: 512,

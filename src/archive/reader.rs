@@ -119,9 +119,7 @@ impl Archive {
             prev_end = end.unwrap_or(body.end);
         }
         starts.push(data);
-        // Entries and blocks interleave; they must not overlap each other. Both lists are
-        // sorted, so one merge pass checks it.
-        check_disjoint(b, &index, body.end)?;
+        check_tiling(b, &index, &catalog, body.clone())?;
         if catalog.data_end() > data {
             return Err(Error::corrupt(
                 footer.index_offset,
@@ -324,20 +322,39 @@ impl Archive {
     }
 }
 
-fn check_disjoint(b: &[u8], index: &Index, body_end: u64) -> Result<()> {
-    let mut spans: Vec<(u64, u64)> = Vec::with_capacity(index.entries.len() + index.blocks.len());
-    for &off in &index.entries {
-        let n = Entry::peek_len(&b[off as usize..body_end as usize], off)? as u64;
-        spans.push((off, off + n));
+/// The records listed by the index must tile the body exactly, in stream order: no gaps, no
+/// overlaps, nothing unlisted. And, as for a stream reader, a file's entry record must come
+/// before every block holding its data.
+fn check_tiling(b: &[u8], index: &Index, catalog: &Catalog, body: Range<u64>) -> Result<()> {
+    // (start, end, Some(entry number) | None for a block, plain_len)
+    let mut spans: Vec<(u64, u64, Option<usize>, u64)> = Vec::with_capacity(index.entries.len() + index.blocks.len());
+    for (i, &off) in index.entries.iter().enumerate() {
+        let n = Entry::peek_len(&b[off as usize..body.end as usize], off)? as u64;
+        spans.push((off, off + n, Some(i), 0));
     }
     for r in &index.blocks {
-        spans.push((r.offset, r.offset + 32 + r.coded_len as u64));
+        spans.push((r.offset, r.offset + 32 + r.coded_len as u64, None, r.plain_len as u64));
     }
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if w[1].0 < w[0].1 {
-            return Err(Error::corrupt(w[1].0, "records overlap"));
+    spans.sort_unstable_by_key(|s| s.0);
+    let mut at = body.start;
+    let mut data_seen = 0u64;
+    for (start, end, entry, plain) in spans {
+        if start != at {
+            return Err(Error::corrupt(at, "records do not tile the archive body (gap, overlap or unlisted record)"));
         }
+        at = end;
+        match entry {
+            Some(i) => {
+                let e = &catalog.entries()[i];
+                if e.kind == EntryKind::File && e.size > 0 && e.data_start < data_seen {
+                    return Err(Error::corrupt(start, "entry record comes after a block holding its data"));
+                }
+            }
+            None => data_seen += plain,
+        }
+    }
+    if at != body.end {
+        return Err(Error::corrupt(at, "records do not reach the index"));
     }
     Ok(())
 }

@@ -252,6 +252,34 @@ impl Model for LlamaLm {
     }
 
     fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>> {
+        Ok(Box::new(self.new_eval(width)?))
+    }
+
+    fn raw_tokens_per_second(&self, width: usize, steps: usize) -> Result<Option<f64>> {
+        let mut e = self.new_eval(width)?;
+        let steps = steps.min(e.limit as usize);
+        let start = std::time::Instant::now();
+        for k in 0..steps {
+            e.batch.clear();
+            for slot in 0..e.pos.len() {
+                // Any valid tokens will do: the cost of a step does not depend on them.
+                let tok = if k == 0 { self.pin.bos } else { ((k * 7919 + slot * 104_729) % self.pieces.len()) as u32 };
+                e.batch
+                    .add(LlamaToken(tok as i32), k as i32, &[slot as i32], true)
+                    .map_err(|err| Error::ModelEval { detail: err.to_string() })?;
+            }
+            e.ctx.decode(&mut e.batch).map_err(|err| Error::ModelEval { detail: err.to_string() })?;
+            // Reading one logit per sequence waits for the results, as coding would.
+            for i in 0..e.pos.len() {
+                std::hint::black_box(e.ctx.get_logits_ith(i as i32)[0]);
+            }
+        }
+        Ok(Some((steps * e.pos.len()) as f64 / start.elapsed().as_secs_f64()))
+    }
+}
+
+impl LlamaLm {
+    fn new_eval(&self, width: usize) -> Result<LlamaEval<'_>> {
         let width = width.max(1);
         // Each sequence gets its own cells (non-unified KV): round up to llama.cpp's padding.
         let per_seq = (self.pin.max_block_tokens + 1).div_ceil(256) * 256;
@@ -276,13 +304,13 @@ impl Model for LlamaLm {
             .map_err(|e| Error::ModelEval {
                 detail: format!("creating a llama.cpp context: {e}"),
             })?;
-        Ok(Box::new(LlamaEval {
+        Ok(LlamaEval {
             ctx,
             batch: LlamaBatch::new(width, width as i32),
             pos: vec![0; width],
             limit: per_seq as i32,
             weights: vec![0; self.pieces.len()],
-        }))
+        })
     }
 }
 

@@ -38,6 +38,14 @@ pub trait Model: Send + Sync {
 
     /// An evaluator with `width` independent sequences.
     fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>>;
+
+    /// Tokens per second of the bare model for `steps` lockstep steps of `width` sequences:
+    /// logits computed but not turned into frequencies, nothing coded. The ceiling coding can
+    /// reach for that batch shape (`lmz bench --widths`). `None` for models without a
+    /// separable evaluation cost.
+    fn raw_tokens_per_second(&self, _width: usize, _steps: usize) -> Result<Option<f64>> {
+        Ok(None)
+    }
 }
 
 /// Several sequences evaluated in lockstep. Every slot starts empty.

@@ -35,8 +35,73 @@ pub struct BenchArgs {
     no_baselines: bool,
     #[arg(long)]
     json: bool,
+    /// Throughput mode: for each batch width W, pack and unpack W blocks of the first file
+    /// in lockstep, next to the bare model's throughput for the same batch shape.
+    #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
+    widths: Vec<usize>,
     #[command(flatten)]
     m: ModelArgs,
+}
+
+/// `--widths`: pack/unpack W blocks at once for each W, against the model's raw speed.
+fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()> {
+    let src = std::fs::read(&args.files[0]).with_context(|| format!("{}", args.files[0].display()))?;
+    ensure!(!src.is_empty(), "empty input");
+    let mut rows = Vec::new();
+    if !args.json {
+        println!("| W | blocks × bytes | tokens | pack tok/s | unpack tok/s | raw llama.cpp tok/s | pack / raw | unpack / raw | pack B/s | unpack B/s |");
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    }
+    for &w in &args.widths {
+        let bs = args.block_size as usize;
+        let data: Vec<u8> = src.iter().copied().cycle().take(w * bs).collect();
+        let plains: Vec<&[u8]> = data.chunks(bs).collect();
+        let t0 = Instant::now();
+        let (coded, stats) = lmz::codec::encode_blocks(model, &plains, w, 19)?;
+        let pack_s = t0.elapsed().as_secs_f64();
+        let refs: Vec<lmz::codec::BlockRefData> = coded
+            .iter()
+            .enumerate()
+            .map(|(i, c)| lmz::codec::BlockRefData { number: i as u64, offset: 0, header: c.header, payload: &c.payload })
+            .collect();
+        let t1 = Instant::now();
+        let back = lmz::codec::decode_blocks(model, &refs, w)?;
+        let unpack_s = t1.elapsed().as_secs_f64();
+        for (r, p) in back.into_iter().zip(&plains) {
+            ensure!(&r? == p, "round trip differs");
+        }
+        let kept: u64 = coded.iter().map(|c| c.header.tokens as u64).sum();
+        let steps = (stats.tokens as usize).div_ceil(w.max(1));
+        let raw = match model {
+            Some(m) => m.raw_tokens_per_second(w, steps)?,
+            None => None,
+        };
+        let pack_tps = stats.tokens as f64 / pack_s;
+        let unpack_tps = kept as f64 / unpack_s;
+        let row = serde_json::json!({
+            "width": w, "blocks": plains.len(), "block_bytes": bs, "tokens": stats.tokens,
+            "pack_tokens_per_s": pack_tps, "unpack_tokens_per_s": unpack_tps, "raw_tokens_per_s": raw,
+            "pack_bytes_per_s": data.len() as f64 / pack_s, "unpack_bytes_per_s": data.len() as f64 / unpack_s,
+        });
+        if !args.json {
+            let pct = |x: f64| raw.map_or("–".into(), |r| format!("{:.0}%", 100.0 * x / r));
+            println!(
+                "| {w} | {} × {bs} | {} | {pack_tps:.1} | {unpack_tps:.1} | {} | {} | {} | {:.0} | {:.0} |",
+                plains.len(),
+                stats.tokens,
+                raw.map_or("–".into(), |r| format!("{r:.1}")),
+                pct(pack_tps),
+                pct(unpack_tps),
+                data.len() as f64 / pack_s,
+                data.len() as f64 / unpack_s,
+            );
+        }
+        rows.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
 }
 
 fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
@@ -58,6 +123,9 @@ fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
 pub fn run(args: BenchArgs) -> Result<()> {
     let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
     let model = model.as_deref();
+    if !args.widths.is_empty() {
+        return widths(&args, model);
+    }
     let mut rows = Vec::new();
     if !args.json {
         println!(

@@ -15,7 +15,7 @@
 use crate::coder::{ideal_bits, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{BlockHeader, Codec, FREQ_BITS};
-use crate::model::{Model, Token};
+use crate::model::{Evaluator, Model, Token};
 
 const BITS: u32 = FREQ_BITS as u32;
 
@@ -60,6 +60,12 @@ pub fn encode_blocks(
     width: usize,
     zstd_level: i32,
 ) -> Result<(Vec<Coded>, ModelStats)> {
+    encode_with(&mut Lockstep::new(model, width), plains, zstd_level)
+}
+
+/// [`encode_blocks`] with a lockstep context kept by the caller across batches.
+pub fn encode_with(ls: &mut Lockstep<'_>, plains: &[&[u8]], zstd_level: i32) -> Result<(Vec<Coded>, ModelStats)> {
+    let model = ls.model();
     let mut out: Vec<Coded> = plains
         .iter()
         .map(|p| {
@@ -100,11 +106,7 @@ pub fn encode_blocks(
             }
         }
     }
-    let coded = encode_model(
-        model,
-        jobs.iter().map(|(_, t)| t.as_slice()).collect(),
-        width,
-    )?;
+    let coded = encode_model(ls, jobs.iter().map(|(_, t)| t.as_slice()).collect())?;
     for ((i, tokens), (payload, ideal)) in jobs.iter().zip(coded) {
         stats.blocks += 1;
         stats.tokens += tokens.len() as u64;
@@ -133,20 +135,54 @@ trait Job {
     fn len(&self) -> usize;
 }
 
-/// Runs `jobs` through `model`, `width` at a time. A job that fails is reported through
-/// its `Result` slot and its lane refilled; the others continue.
-fn run_lockstep(
-    model: &dyn Model,
-    jobs: &mut [&mut dyn Job],
+/// A lockstep evaluation context kept across batches of blocks: creating a model context
+/// (with its KV cache) per batch would cost more than small batches take to code.
+pub struct Lockstep<'m> {
+    model: Option<&'m dyn Model>,
     width: usize,
-) -> Result<Vec<Option<Error>>> {
+    eval: Option<Box<dyn Evaluator + 'm>>,
+}
+
+impl<'m> Lockstep<'m> {
+    /// Up to `width` blocks in flight; `model` may be `None` for archives without a model.
+    pub fn new(model: Option<&'m dyn Model>, width: usize) -> Lockstep<'m> {
+        Lockstep { model, width: width.max(1), eval: None }
+    }
+
+    pub fn model(&self) -> Option<&'m dyn Model> {
+        self.model
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Runs `jobs`, `width` at a time. A job that fails is reported through its slot and
+    /// its lane refilled; the others continue. A failure of the model itself ends the run.
+    fn run(&mut self, jobs: &mut [&mut dyn Job]) -> Result<Vec<Option<Error>>> {
+        let model = self.model.ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
+        let need = self.width.min(jobs.len()).max(1);
+        if self.eval.as_ref().is_none_or(|e| e.width() < need) {
+            self.eval = None;
+            self.eval = Some(model.evaluator(need)?);
+        }
+        let eval = self.eval.as_mut().expect("created above");
+        let r = run_lockstep(model, eval.as_mut(), jobs);
+        if r.is_err() {
+            // The evaluator's state is unknown after a failed step.
+            self.eval = None;
+        }
+        r
+    }
+}
+
+fn run_lockstep(model: &dyn Model, eval: &mut dyn Evaluator, jobs: &mut [&mut dyn Job]) -> Result<Vec<Option<Error>>> {
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
     if jobs.is_empty() {
         return Ok(failed);
     }
-    let width = width.clamp(1, jobs.len());
+    let width = eval.width();
     let bos = model.pin().bos;
-    let mut eval = model.evaluator(width)?;
     // lane → (job index, next step k)
     let mut lanes: Vec<Option<(usize, usize)>> = vec![None; width];
     let mut next_job = 0;
@@ -215,11 +251,7 @@ impl Job for EncodeJob<'_> {
 }
 
 /// Range-codes token sequences under `model`; returns (payload, ideal bits) per sequence.
-pub fn encode_model(
-    model: &dyn Model,
-    seqs: Vec<&[Token]>,
-    width: usize,
-) -> Result<Vec<(Vec<u8>, f64)>> {
+pub fn encode_model(ls: &mut Lockstep<'_>, seqs: Vec<&[Token]>) -> Result<Vec<(Vec<u8>, f64)>> {
     let mut jobs: Vec<EncodeJob> = seqs
         .into_iter()
         .map(|t| EncodeJob {
@@ -229,7 +261,7 @@ pub fn encode_model(
         })
         .collect();
     let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-    if let Some(e) = run_lockstep(model, &mut refs, width)?
+    if let Some(e) = ls.run(&mut refs)?
         .into_iter()
         .flatten()
         .next()
@@ -332,6 +364,12 @@ pub fn decode_blocks(
     blocks: &[BlockRefData<'_>],
     width: usize,
 ) -> Result<Vec<Result<Vec<u8>>>> {
+    decode_with(&mut Lockstep::new(model, width), blocks)
+}
+
+/// [`decode_blocks`] with a lockstep context kept by the caller across batches.
+pub fn decode_with(ls: &mut Lockstep<'_>, blocks: &[BlockRefData<'_>]) -> Result<Vec<Result<Vec<u8>>>> {
+    let model = ls.model();
     let mut results: Vec<Option<Result<Vec<u8>>>> = blocks.iter().map(|_| None).collect();
     let mut model_jobs = Vec::new();
     for (i, b) in blocks.iter().enumerate() {
@@ -377,7 +415,7 @@ pub fn decode_blocks(
             })
             .collect();
         let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-        let failed = run_lockstep(model, &mut refs, width)?;
+        let failed = ls.run(&mut refs)?;
         for ((job, err), &i) in jobs.into_iter().zip(failed).zip(&model_jobs) {
             results[i] = Some(match err {
                 Some(e) => Err(e),

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::codec::{decode_blocks, BlockRefData};
+use crate::codec::{decode_with, BlockRefData, Lockstep};
 use crate::error::{Error, Result};
 use crate::format::{
     BlockHeader, BlockRef, Entry, EntryKind, Footer, Header, Index, ModelKind, FOOTER_LEN,
@@ -235,6 +235,11 @@ impl Archive {
         range: Range<usize>,
         width: usize,
     ) -> Result<Vec<Result<Vec<u8>>>> {
+        self.decode_blocks_with(&mut Lockstep::new(model, width), range)
+    }
+
+    /// [`Self::decode_blocks`] with a lockstep context kept by the caller across calls.
+    pub fn decode_blocks_with(&self, ls: &mut Lockstep<'_>, range: Range<usize>) -> Result<Vec<Result<Vec<u8>>>> {
         let mut refs = Vec::with_capacity(range.len());
         let mut early: Vec<Option<Error>> = Vec::with_capacity(range.len());
         for i in range.clone() {
@@ -247,7 +252,7 @@ impl Archive {
             }
         }
         self.decoded.fetch_add(refs.len() as u64, Ordering::Relaxed);
-        let mut decoded = decode_blocks(model, &refs, width)?.into_iter();
+        let mut decoded = decode_with(ls, &refs)?.into_iter();
         Ok(early
             .into_iter()
             .map(|e| match e {

@@ -7,7 +7,7 @@
 
 use std::io::Read;
 
-use crate::codec::{decode_blocks, BlockRefData};
+use crate::codec::{decode_with, BlockRefData, Lockstep};
 use crate::error::{Error, Result};
 use crate::format::{
     BlockHeader, BlockRef, Codec, Entry, Footer, Header, Index, BLOCK_HEADER_LEN, BLOCK_MAGIC,
@@ -111,7 +111,8 @@ pub fn extract_stream<'m, R: Read>(
     let mut routed = 0u64;
     let mut stats = StreamStats::default();
 
-    let flush = |queue: &mut Vec<Queued>, routed: &mut u64, ex: &mut Extractor| -> Result<()> {
+    let mut ls = Lockstep::new(model, width);
+    let mut flush = |queue: &mut Vec<Queued>, routed: &mut u64, ex: &mut Extractor| -> Result<()> {
         if queue.is_empty() {
             return Ok(());
         }
@@ -124,7 +125,7 @@ pub fn extract_stream<'m, R: Read>(
                 payload: &q.payload,
             })
             .collect();
-        for res in decode_blocks(model, &refs, width)? {
+        for res in decode_with(&mut ls, &refs)? {
             let plain = res?;
             ex.data(*routed, &plain)?;
             *routed += plain.len() as u64;

@@ -15,7 +15,7 @@
 
 use std::io::{Read, Write};
 
-use crate::codec::{encode_blocks, ModelStats};
+use crate::codec::{encode_with, Lockstep, ModelStats};
 use crate::error::{Error, Result};
 use crate::format::{
     check_path, BlockRef, Codec, Entry, EntryKind, Footer, Header, Index, ModelPin,
@@ -73,7 +73,7 @@ pub struct PackStats {
 pub struct Writer<'m, W: Write> {
     out: W,
     pos: u64,
-    model: Option<&'m dyn Model>,
+    lockstep: Lockstep<'m>,
     opts: WriterOptions,
     index: Index,
     catalog: Catalog,
@@ -114,7 +114,7 @@ impl<'m, W: Write> Writer<'m, W> {
         Ok(Writer {
             out,
             pos: h.len() as u64,
-            model,
+            lockstep: Lockstep::new(model, opts.width),
             opts,
             index: Index::default(),
             catalog: Catalog::default(),
@@ -248,8 +248,7 @@ impl<'m, W: Write> Writer<'m, W> {
             return Ok(());
         }
         let plains: Vec<&[u8]> = self.sealed.iter().map(|b| b.as_slice()).collect();
-        let (coded, mstats) =
-            encode_blocks(self.model, &plains, self.opts.width, self.opts.zstd_level)?;
+        let (coded, mstats) = encode_with(&mut self.lockstep, &plains, self.opts.zstd_level)?;
         let m = &mut self.stats.model;
         m.blocks += mstats.blocks;
         m.tokens += mstats.tokens;

@@ -45,7 +45,8 @@ pub struct BenchArgs {
 
 /// `--widths`: pack/unpack W blocks at once for each W, against the model's raw speed.
 fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()> {
-    let src = std::fs::read(&args.files[0]).with_context(|| format!("{}", args.files[0].display()))?;
+    let src =
+        std::fs::read(&args.files[0]).with_context(|| format!("{}", args.files[0].display()))?;
     ensure!(!src.is_empty(), "empty input");
     let mut rows = Vec::new();
     if !args.json {
@@ -62,7 +63,12 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         let refs: Vec<lmz::codec::BlockRefData> = coded
             .iter()
             .enumerate()
-            .map(|(i, c)| lmz::codec::BlockRefData { number: i as u64, offset: 0, header: c.header, payload: &c.payload })
+            .map(|(i, c)| lmz::codec::BlockRefData {
+                number: i as u64,
+                offset: 0,
+                header: c.header,
+                payload: &c.payload,
+            })
             .collect();
         let t1 = Instant::now();
         let back = lmz::codec::decode_blocks(model, &refs, w)?;

@@ -306,9 +306,12 @@ fn order1_edge() -> (Vec<u8>, Vec<Input>) {
     ];
     let model_block = |plain: &[u8]| -> Vec<u8> {
         let tokens: Vec<u32> = plain.iter().map(|&b| b as u32).collect();
-        let (payload, _) = lmz::codec::encode_model(&model, vec![&tokens], 1)
-            .expect("encode")
-            .remove(0);
+        let (payload, _) = lmz::codec::encode_model(
+            &mut lmz::codec::Lockstep::new(Some(&model), 1),
+            vec![&tokens],
+        )
+        .expect("encode")
+        .remove(0);
         assert!(payload.len() <= plain.len());
         let h = BlockHeader {
             codec: Codec::Model,

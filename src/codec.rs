@@ -64,7 +64,11 @@ pub fn encode_blocks(
 }
 
 /// [`encode_blocks`] with a lockstep context kept by the caller across batches.
-pub fn encode_with(ls: &mut Lockstep<'_>, plains: &[&[u8]], zstd_level: i32) -> Result<(Vec<Coded>, ModelStats)> {
+pub fn encode_with(
+    ls: &mut Lockstep<'_>,
+    plains: &[&[u8]],
+    zstd_level: i32,
+) -> Result<(Vec<Coded>, ModelStats)> {
     let model = ls.model();
     let mut out: Vec<Coded> = plains
         .iter()
@@ -100,8 +104,13 @@ pub fn encode_with(ls: &mut Lockstep<'_>, plains: &[&[u8]], zstd_level: i32) -> 
             continue;
         }
         if let Some(tokens) = model.tokenize(p) {
-            // Every token must stand for at least one byte (FORMAT.md: tokens ≤ plain_len).
-            if !tokens.is_empty() && tokens.len() <= max_tokens && tokens.len() <= p.len() {
+            // The format allows up to one token per byte; the model may decline blocks it
+            // is unlikely to win (each token costs a model step).
+            if !tokens.is_empty()
+                && tokens.len() <= max_tokens
+                && tokens.len() <= p.len()
+                && model.worth_coding(p, &tokens)
+            {
                 jobs.push((i, tokens));
             }
         }
@@ -146,7 +155,11 @@ pub struct Lockstep<'m> {
 impl<'m> Lockstep<'m> {
     /// Up to `width` blocks in flight; `model` may be `None` for archives without a model.
     pub fn new(model: Option<&'m dyn Model>, width: usize) -> Lockstep<'m> {
-        Lockstep { model, width: width.max(1), eval: None }
+        Lockstep {
+            model,
+            width: width.max(1),
+            eval: None,
+        }
     }
 
     pub fn model(&self) -> Option<&'m dyn Model> {
@@ -160,11 +173,22 @@ impl<'m> Lockstep<'m> {
     /// Runs `jobs`, `width` at a time. A job that fails is reported through its slot and
     /// its lane refilled; the others continue. A failure of the model itself ends the run.
     fn run(&mut self, jobs: &mut [&mut dyn Job]) -> Result<Vec<Option<Error>>> {
-        let model = self.model.ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
+        let model = self
+            .model
+            .ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
         let need = self.width.min(jobs.len()).max(1);
-        if self.eval.as_ref().is_none_or(|e| e.width() < need) {
+        let tokens = jobs.iter().map(|j| j.len()).max().unwrap_or(1);
+        if self
+            .eval
+            .as_ref()
+            .is_none_or(|e| e.width() < need || e.capacity() < tokens)
+        {
+            // Grow, never shrink: batches alternate between sizes.
+            let (w, t) = self.eval.as_ref().map_or((need, tokens), |e| {
+                (e.width().max(need), e.capacity().max(tokens))
+            });
             self.eval = None;
-            self.eval = Some(model.evaluator(need)?);
+            self.eval = Some(model.evaluator(w, t)?);
         }
         let eval = self.eval.as_mut().expect("created above");
         let r = run_lockstep(model, eval.as_mut(), jobs);
@@ -176,7 +200,11 @@ impl<'m> Lockstep<'m> {
     }
 }
 
-fn run_lockstep(model: &dyn Model, eval: &mut dyn Evaluator, jobs: &mut [&mut dyn Job]) -> Result<Vec<Option<Error>>> {
+fn run_lockstep(
+    model: &dyn Model,
+    eval: &mut dyn Evaluator,
+    jobs: &mut [&mut dyn Job],
+) -> Result<Vec<Option<Error>>> {
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
     if jobs.is_empty() {
         return Ok(failed);
@@ -261,11 +289,7 @@ pub fn encode_model(ls: &mut Lockstep<'_>, seqs: Vec<&[Token]>) -> Result<Vec<(V
         })
         .collect();
     let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-    if let Some(e) = ls.run(&mut refs)?
-        .into_iter()
-        .flatten()
-        .next()
-    {
+    if let Some(e) = ls.run(&mut refs)?.into_iter().flatten().next() {
         return Err(e);
     }
     Ok(jobs
@@ -320,9 +344,14 @@ fn zstd_decompress(b: &BlockRefData<'_>, limit: usize) -> Result<Vec<u8>> {
         |e: std::io::Error| Error::corrupt(b.offset, format!("block {}: zstd: {e}", b.number));
     // Exactly one frame (FORMAT.md): no skippable or concatenated frames.
     if zstd::zstd_safe::find_frame_compressed_size(b.payload) != Ok(b.payload.len()) {
-        return Err(Error::corrupt(b.offset, format!("block {}: payload is not exactly one zstd frame", b.number)));
+        return Err(Error::corrupt(
+            b.offset,
+            format!("block {}: payload is not exactly one zstd frame", b.number),
+        ));
     }
-    let dec = zstd::stream::read::Decoder::with_buffer(b.payload).map_err(err)?.single_frame();
+    let dec = zstd::stream::read::Decoder::with_buffer(b.payload)
+        .map_err(err)?
+        .single_frame();
     let mut out = Vec::with_capacity(limit.min(1 << 16));
     // One byte more than allowed reveals a stream that is too long.
     dec.take(limit as u64 + 1)
@@ -368,7 +397,10 @@ pub fn decode_blocks(
 }
 
 /// [`decode_blocks`] with a lockstep context kept by the caller across batches.
-pub fn decode_with(ls: &mut Lockstep<'_>, blocks: &[BlockRefData<'_>]) -> Result<Vec<Result<Vec<u8>>>> {
+pub fn decode_with(
+    ls: &mut Lockstep<'_>,
+    blocks: &[BlockRefData<'_>],
+) -> Result<Vec<Result<Vec<u8>>>> {
     let model = ls.model();
     let mut results: Vec<Option<Result<Vec<u8>>>> = blocks.iter().map(|_| None).collect();
     let mut model_jobs = Vec::new();
@@ -423,7 +455,10 @@ pub fn decode_with(ls: &mut Lockstep<'_>, blocks: &[BlockRefData<'_>]) -> Result
                 // trailing zeros, so a payload longer than that carries bytes no token used.
                 None if job.dec.consumed() < blocks[i].payload.len() => Err(Error::corrupt(
                     blocks[i].offset,
-                    format!("block {}: bytes after the end of the coded tokens", blocks[i].number),
+                    format!(
+                        "block {}: bytes after the end of the coded tokens",
+                        blocks[i].number
+                    ),
                 )),
                 None => check_plain(&blocks[i], job.plain),
             });

@@ -239,7 +239,11 @@ impl Archive {
     }
 
     /// [`Self::decode_blocks`] with a lockstep context kept by the caller across calls.
-    pub fn decode_blocks_with(&self, ls: &mut Lockstep<'_>, range: Range<usize>) -> Result<Vec<Result<Vec<u8>>>> {
+    pub fn decode_blocks_with(
+        &self,
+        ls: &mut Lockstep<'_>,
+        range: Range<usize>,
+    ) -> Result<Vec<Result<Vec<u8>>>> {
         let mut refs = Vec::with_capacity(range.len());
         let mut early: Vec<Option<Error>> = Vec::with_capacity(range.len());
         for i in range.clone() {
@@ -332,27 +336,39 @@ impl Archive {
 /// before every block holding its data.
 fn check_tiling(b: &[u8], index: &Index, catalog: &Catalog, body: Range<u64>) -> Result<()> {
     // (start, end, Some(entry number) | None for a block, plain_len)
-    let mut spans: Vec<(u64, u64, Option<usize>, u64)> = Vec::with_capacity(index.entries.len() + index.blocks.len());
+    let mut spans: Vec<(u64, u64, Option<usize>, u64)> =
+        Vec::with_capacity(index.entries.len() + index.blocks.len());
     for (i, &off) in index.entries.iter().enumerate() {
         let n = Entry::peek_len(&b[off as usize..body.end as usize], off)? as u64;
         spans.push((off, off + n, Some(i), 0));
     }
     for r in &index.blocks {
-        spans.push((r.offset, r.offset + 32 + r.coded_len as u64, None, r.plain_len as u64));
+        spans.push((
+            r.offset,
+            r.offset + 32 + r.coded_len as u64,
+            None,
+            r.plain_len as u64,
+        ));
     }
     spans.sort_unstable_by_key(|s| s.0);
     let mut at = body.start;
     let mut data_seen = 0u64;
     for (start, end, entry, plain) in spans {
         if start != at {
-            return Err(Error::corrupt(at, "records do not tile the archive body (gap, overlap or unlisted record)"));
+            return Err(Error::corrupt(
+                at,
+                "records do not tile the archive body (gap, overlap or unlisted record)",
+            ));
         }
         at = end;
         match entry {
             Some(i) => {
                 let e = &catalog.entries()[i];
                 if e.kind == EntryKind::File && e.size > 0 && e.data_start < data_seen {
-                    return Err(Error::corrupt(start, "entry record comes after a block holding its data"));
+                    return Err(Error::corrupt(
+                        start,
+                        "entry record comes after a block holding its data",
+                    ));
                 }
             }
             None => data_seen += plain,

@@ -80,6 +80,9 @@ pub struct LlamaLm {
     pieces: Vec<Vec<u8>>,
     /// The token whose piece is exactly byte `b`, for bytes the tokenizer cannot take as text.
     byte_token: [Option<Token>; 256],
+    /// Tokens of the model proper; symbols above are escapes.
+    n_model: usize,
+    escape_input: Token,
     threads: usize,
 }
 
@@ -105,23 +108,30 @@ impl LlamaLm {
                 detail: format!("{}: empty vocabulary", file.path.display()),
             });
         }
-        let pieces: Vec<Vec<u8>> = (0..n)
+        let mut pieces: Vec<Vec<u8>> = (0..n)
             .map(|t| vocab.token_to_piece(LlamaToken(t), false, None))
             .collect();
+        // Symbols n..n+256 are raw-byte escapes (FORMAT.md, "Tokenizers"): some vocabularies
+        // (SmolLM2's among them) have no token for some bytes.
+        pieces.extend((0..=255u8).map(|b| vec![b]));
         let mut byte_token = [None; 256];
-        // Lowest id wins, so the table does not depend on iteration order.
+        // Lowest id wins, so the table does not depend on iteration order; escapes last.
         for (t, p) in pieces.iter().enumerate().rev() {
             if p.len() == 1 {
                 byte_token[p[0] as usize] = Some(t as Token);
             }
         }
+        // What the model is fed in place of an escape: the token for '?'.
+        let escape_input = byte_token[b'?' as usize]
+            .filter(|&t| (t as i32) < n)
+            .unwrap_or(0);
         let bos = vocab.bos().0;
         let bos = if bos >= 0 && bos < n { bos as u32 } else { 0 };
         let pin = ModelPin {
             kind: ModelKind::Llama,
             sha256: file.sha256,
             size: file.size,
-            vocab_size: n as u32,
+            vocab_size: n as u32 + 256,
             freq_bits: FREQ_BITS,
             tokenizer: Tokenizer::LlamaPieces,
             context_policy: 1,
@@ -139,6 +149,8 @@ impl LlamaLm {
             name: file.name.clone(),
             pieces,
             byte_token,
+            n_model: n as usize,
+            escape_input,
             threads,
         })
     }
@@ -247,42 +259,60 @@ impl Model for LlamaLm {
         }
     }
 
+    fn worth_coding(&self, plain: &[u8], tokens: &[Token]) -> bool {
+        // Text runs 2–5 bytes per token; below 1.5 the block is binary-like: the model rarely
+        // beats zstd there, and every token costs a model step.
+        tokens.len() * 3 <= plain.len() * 2
+    }
+
     fn piece(&self, t: Token) -> &[u8] {
         self.pieces.get(t as usize).map_or(&[], |p| p.as_slice())
     }
 
-    fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>> {
-        Ok(Box::new(self.new_eval(width)?))
+    fn evaluator(&self, width: usize, tokens: usize) -> Result<Box<dyn Evaluator + '_>> {
+        Ok(Box::new(self.new_eval(width, tokens)?))
     }
 
     fn raw_tokens_per_second(&self, width: usize, steps: usize) -> Result<Option<f64>> {
-        let mut e = self.new_eval(width)?;
+        let mut e = self.new_eval(width, steps)?;
         let steps = steps.min(e.limit as usize);
         let start = std::time::Instant::now();
         for k in 0..steps {
             e.batch.clear();
             for slot in 0..e.pos.len() {
                 // Any valid tokens will do: the cost of a step does not depend on them.
-                let tok = if k == 0 { self.pin.bos } else { ((k * 7919 + slot * 104_729) % self.pieces.len()) as u32 };
+                let tok = if k == 0 {
+                    self.pin.bos
+                } else {
+                    ((k * 7919 + slot * 104_729) % self.n_model) as u32
+                };
                 e.batch
                     .add(LlamaToken(tok as i32), k as i32, &[slot as i32], true)
-                    .map_err(|err| Error::ModelEval { detail: err.to_string() })?;
+                    .map_err(|err| Error::ModelEval {
+                        detail: err.to_string(),
+                    })?;
             }
-            e.ctx.decode(&mut e.batch).map_err(|err| Error::ModelEval { detail: err.to_string() })?;
+            e.ctx.decode(&mut e.batch).map_err(|err| Error::ModelEval {
+                detail: err.to_string(),
+            })?;
             // Reading one logit per sequence waits for the results, as coding would.
             for i in 0..e.pos.len() {
                 std::hint::black_box(e.ctx.get_logits_ith(i as i32)[0]);
             }
         }
-        Ok(Some((steps * e.pos.len()) as f64 / start.elapsed().as_secs_f64()))
+        Ok(Some(
+            (steps * e.pos.len()) as f64 / start.elapsed().as_secs_f64(),
+        ))
     }
 }
 
 impl LlamaLm {
-    fn new_eval(&self, width: usize) -> Result<LlamaEval<'_>> {
+    fn new_eval(&self, width: usize, tokens: usize) -> Result<LlamaEval<'_>> {
         let width = width.max(1);
-        // Each sequence gets its own cells (non-unified KV): round up to llama.cpp's padding.
-        let per_seq = (self.pin.max_block_tokens + 1).div_ceil(256) * 256;
+        // Each sequence gets its own cells (non-unified KV), enough for `tokens` plus the BOS,
+        // rounded up to llama.cpp's padding.
+        let tokens = tokens.clamp(1, self.pin.max_block_tokens as usize) as u32;
+        let per_seq = (tokens + 1).div_ceil(256) * 256;
         let n_ctx = per_seq
             .checked_mul(width as u32)
             .ok_or_else(|| Error::usage("batch width × block tokens too large"))?;
@@ -309,7 +339,10 @@ impl LlamaLm {
             batch: LlamaBatch::new(width, width as i32),
             pos: vec![0; width],
             limit: per_seq as i32,
+            capacity: tokens as usize,
             weights: vec![0; self.pieces.len()],
+            n_model: self.n_model as Token,
+            escape_input: self.escape_input,
         })
     }
 }
@@ -319,12 +352,19 @@ struct LlamaEval<'m> {
     batch: LlamaBatch<'static>,
     pos: Vec<i32>,
     limit: i32,
+    capacity: usize,
     weights: Vec<u32>,
+    n_model: Token,
+    escape_input: Token,
 }
 
 impl Evaluator for LlamaEval<'_> {
     fn width(&self) -> usize {
         self.pos.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {
@@ -340,6 +380,11 @@ impl Evaluator for LlamaEval<'_> {
     fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
         self.batch.clear();
         for &(slot, tok) in feed {
+            let tok = if tok >= self.n_model {
+                self.escape_input
+            } else {
+                tok
+            };
             if self.pos[slot] >= self.limit {
                 return Err(Error::ModelEval {
                     detail: format!("sequence {slot} exceeds its context"),
@@ -359,7 +404,7 @@ impl Evaluator for LlamaEval<'_> {
             })?;
         for (i, cum) in out.iter_mut().enumerate().take(feed.len()) {
             let logits = self.ctx.get_logits_ith(i as i32);
-            cum.resize(logits.len() + 1, 0);
+            cum.resize(self.weights.len() + 1, 0);
             logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
         }
         Ok(())

@@ -33,11 +33,19 @@ pub trait Model: Send + Sync {
     /// this model cannot represent them (the block then uses another codec).
     fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>>;
 
+    /// Whether model coding of `plain` (tokenized as `tokens`) is worth its cost: a writer
+    /// heuristic, not a format rule.
+    fn worth_coding(&self, _plain: &[u8], _tokens: &[Token]) -> bool {
+        true
+    }
+
     /// The bytes token `t` stands for (empty for tokens that are never emitted).
     fn piece(&self, t: Token) -> &[u8];
 
-    /// An evaluator with `width` independent sequences.
-    fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>>;
+    /// An evaluator with `width` independent sequences of up to `tokens` tokens each (plus
+    /// the BOS). Context sizes do not change probabilities (tested), so evaluators are sized
+    /// to the blocks at hand, not to the largest block the format allows.
+    fn evaluator(&self, width: usize, tokens: usize) -> Result<Box<dyn Evaluator + '_>>;
 
     /// Tokens per second of the bare model for `steps` lockstep steps of `width` sequences:
     /// logits computed but not turned into frequencies, nothing coded. The ceiling coding can
@@ -51,6 +59,9 @@ pub trait Model: Send + Sync {
 /// Several sequences evaluated in lockstep. Every slot starts empty.
 pub trait Evaluator {
     fn width(&self) -> usize;
+
+    /// Most tokens a sequence may hold, BOS excluded.
+    fn capacity(&self) -> usize;
 
     /// Empties `slot` so that the next token fed to it is the first of a new block.
     fn reset(&mut self, slot: usize) -> Result<()>;

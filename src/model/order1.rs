@@ -78,7 +78,7 @@ impl Model for Order1 {
         self.pieces.get(t as usize).map_or(&[], |p| &p[..])
     }
 
-    fn evaluator(&self, width: usize) -> Result<Box<dyn Evaluator + '_>> {
+    fn evaluator(&self, width: usize, _tokens: usize) -> Result<Box<dyn Evaluator + '_>> {
         Ok(Box::new(Order1Eval {
             slots: (0..width).map(|_| Slot::new()).collect(),
         }))
@@ -106,6 +106,10 @@ struct Order1Eval {
 impl Evaluator for Order1Eval {
     fn width(&self) -> usize {
         self.slots.len()
+    }
+
+    fn capacity(&self) -> usize {
+        usize::MAX
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {

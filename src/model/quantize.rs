@@ -60,9 +60,14 @@ const fn exp2_table() -> [u32; 256] {
 /// Turns `logits` into a cumulative frequency table `cum` (`logits.len() + 1` entries, total
 /// `2^bits`, each frequency ≥ 1). `weights` is scratch space of `logits.len()` entries, kept
 /// by the caller so no allocation happens per token.
+///
+/// `weights` and `cum` may be longer than `logits` (by `extra` symbols): the extra symbols
+/// get weight 0, hence frequency 1. They are the raw-byte escapes of a tokenizer whose
+/// vocabulary lacks some bytes.
 pub fn logits_to_cum(logits: &[f32], bits: u32, weights: &mut [u32], cum: &mut [u32]) {
     let n = logits.len();
-    assert!(n >= 1 && cum.len() == n + 1 && weights.len() == n && n < (1 << bits));
+    let total = weights.len();
+    assert!(n >= 1 && total >= n && cum.len() == total + 1 && total < (1 << bits));
     // NaN compares false both ways and is skipped, so it cannot become the maximum.
     let mut max = f32::NEG_INFINITY;
     for &l in logits {
@@ -70,6 +75,7 @@ pub fn logits_to_cum(logits: &[f32], bits: u32, weights: &mut [u32], cum: &mut [
             max = l;
         }
     }
+    weights[n..].fill(0);
     for (w, &l) in weights.iter_mut().zip(logits) {
         let d = (max - l) * SCALE;
         // `as u32` saturates and maps NaN to 0; a NaN logit (or an infinite max) is treated

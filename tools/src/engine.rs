@@ -16,11 +16,10 @@ pub enum Engine {
     None,
 }
 
-/// Most tokens a model block of `block_size` bytes may hold. Text averages 3–5 bytes per
-/// token; a block needing more than one token per two bytes is not text and goes to zstd.
-/// Never more than the block size: every token stands for at least one byte.
+/// Most tokens a model block of `block_size` bytes may hold: one per byte, the format's
+/// bound. (Evaluation contexts are sized to the blocks actually coded, not to this.)
 pub fn max_block_tokens(block_size: u32) -> u32 {
-    (block_size / 2).max(64).min(block_size)
+    block_size
 }
 
 /// The model for packing.

@@ -226,3 +226,34 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
     }];
     assert!(decode_blocks(Some(&m1 as &dyn Model), &bad, 1).unwrap()[0].is_err());
 }
+
+/// Bytes that SmolLM2's vocabulary cannot express (e.g. 0x04, 0xC0, 0xFF) inside text are
+/// coded as raw-byte escapes, and the block still uses the model.
+#[test]
+fn bytes_without_tokens_round_trip_as_escapes() {
+    let _g = lock();
+    let file = resolve(None, Want::Default).unwrap();
+    let m = lmz::model::llama::load(&file, 4096, 2).unwrap();
+    let mut text = corpus("alice29.txt", 700);
+    text.splice(100..100, *b"\x04\x06\xc0\xff\xfe");
+    text.extend_from_slice(b" end \x1d\x14.");
+    let tokens = m.tokenize(&text).unwrap();
+    assert!(
+        tokens.iter().any(|&t| t >= m.pin().vocab_size - 256),
+        "escapes in use"
+    );
+    let (coded, _) = encode_blocks(Some(&m as &dyn Model), &[&text], 1, 19).unwrap();
+    assert_eq!(coded[0].header.codec, Codec::Model);
+    let refs = [BlockRefData {
+        number: 0,
+        offset: 0,
+        header: coded[0].header,
+        payload: &coded[0].payload,
+    }];
+    assert_eq!(
+        decode_blocks(Some(&m as &dyn Model), &refs, 1).unwrap()[0]
+            .as_ref()
+            .unwrap(),
+        &text
+    );
+}

@@ -120,11 +120,6 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// The I/O cause is part of the message (`path: cause`), so it is not also reported as a
+/// `source()`: error chains would print it twice.
+impl std::error::Error for Error {}

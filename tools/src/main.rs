@@ -5,6 +5,7 @@
 
 mod bench;
 mod engine;
+mod mount;
 mod pack;
 
 use std::io::Write;
@@ -126,6 +127,10 @@ enum Cmd {
     },
     /// Compare lmz with xz -9 and zstd -19 on files: ratio, coder overhead, throughput.
     Bench(bench::BenchArgs),
+    /// Mount an archive as a read-only file system (FUSE); blocks are decoded on demand.
+    Mount(mount::MountArgs),
+    /// Measure the FUSE mount: mount time, sequential and random read speed, prefetch.
+    BenchMount(mount::bench::BenchMountArgs),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +146,8 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::new()
         .filter_level(level)
+        // fuser announces every mount and unmount at info level.
+        .filter_module("fuser", log::LevelFilter::Warn)
         .format(|buf, record| writeln!(buf, "lmz: {}", record.args()))
         .init();
     match run(cli) {
@@ -215,6 +222,8 @@ fn run(cli: Cli) -> Result<()> {
         } => cat(&archive, &path, offset, length, stats, &m),
         Cmd::Verify { archive, m } => verify(&archive, &m),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Mount(args) => mount::run(args),
+        Cmd::BenchMount(args) => mount::bench::run(args),
     }
 }
 
@@ -251,6 +260,7 @@ fn unpack(archive: &Path, dir: &Path, overwrite: bool, m: &ModelArgs) -> Result<
     let model = model.as_deref();
     a.check_model(model)?;
     let mut ex = Extractor::new(dir, extract_options(overwrite))?;
+    let mut ls = lmz::codec::Lockstep::new(model, m.batch);
     for e in a.entries() {
         ex.begin(e)
             .with_context(|| format!("extracting {}", String::from_utf8_lossy(&e.path)))?;
@@ -261,7 +271,7 @@ fn unpack(archive: &Path, dir: &Path, overwrite: bool, m: &ModelArgs) -> Result<
     while i < a.block_count() {
         let end = (i + chunk).min(a.block_count());
         for (k, r) in a
-            .decode_blocks(model, i..end, m.batch)?
+            .decode_blocks_with(&mut ls, i..end)?
             .into_iter()
             .enumerate()
         {
@@ -418,6 +428,7 @@ fn verify(archive: &Path, m: &ModelArgs) -> Result<()> {
     let model = engine::load_for_archive(a.header(), m)?;
     a.check_model(model.as_deref())?;
     let chunk = m.batch.max(16);
+    let mut ls = lmz::codec::Lockstep::new(model.as_deref(), m.batch);
     let mut bad = 0usize;
     let mut first: Option<lmz::Error> = None;
     let bar = progress(a.data_len(), !log::log_enabled!(log::Level::Info));
@@ -425,7 +436,7 @@ fn verify(archive: &Path, m: &ModelArgs) -> Result<()> {
     while i < a.block_count() {
         let end = (i + chunk).min(a.block_count());
         for (k, r) in a
-            .decode_blocks(model.as_deref(), i..end, m.batch)?
+            .decode_blocks_with(&mut ls, i..end)?
             .into_iter()
             .enumerate()
         {

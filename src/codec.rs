@@ -28,6 +28,18 @@ pub struct Coded {
     pub ideal_bits: f64,
 }
 
+impl Coded {
+    /// This block as input to [`decode_blocks`], numbered `number` (at no archive offset).
+    pub fn as_block(&self, number: u64) -> BlockRefData<'_> {
+        BlockRefData {
+            number,
+            offset: 0,
+            header: self.header,
+            payload: &self.payload,
+        }
+    }
+}
+
 /// Statistics about model coding of a set of blocks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ModelStats {
@@ -479,12 +491,7 @@ mod tests {
         let refs: Vec<BlockRefData> = coded
             .iter()
             .enumerate()
-            .map(|(i, c)| BlockRefData {
-                number: i as u64,
-                offset: 0,
-                header: c.header,
-                payload: &c.payload,
-            })
+            .map(|(i, c)| c.as_block(i as u64))
             .collect();
         decode_blocks(Some(model), &refs, width).unwrap()
     }

@@ -48,12 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let refs: Vec<BlockRefData> = coded
         .iter()
         .enumerate()
-        .map(|(i, c)| BlockRefData {
-            number: i as u64,
-            offset: 0,
-            header: c.header,
-            payload: &c.payload,
-        })
+        .map(|(i, c)| c.as_block(i as u64))
         .collect();
     for (r, p) in decode_blocks(Some(&m), &refs, 3)
         .unwrap()

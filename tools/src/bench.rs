@@ -63,12 +63,7 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         let refs: Vec<lmz::codec::BlockRefData> = coded
             .iter()
             .enumerate()
-            .map(|(i, c)| lmz::codec::BlockRefData {
-                number: i as u64,
-                offset: 0,
-                header: c.header,
-                payload: &c.payload,
-            })
+            .map(|(i, c)| c.as_block(i as u64))
             .collect();
         let t1 = Instant::now();
         let back = lmz::codec::decode_blocks(model, &refs, w)?;

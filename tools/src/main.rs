@@ -265,23 +265,11 @@ fn unpack(archive: &Path, dir: &Path, overwrite: bool, m: &ModelArgs) -> Result<
         ex.begin(e)
             .with_context(|| format!("extracting {}", String::from_utf8_lossy(&e.path)))?;
     }
-    let chunk = m.batch.max(16);
-    let bar = progress(a.data_len(), !log::log_enabled!(log::Level::Info));
-    let mut i = 0;
-    while i < a.block_count() {
-        let end = (i + chunk).min(a.block_count());
-        for (k, r) in a
-            .decode_blocks_with(&mut ls, i..end)?
-            .into_iter()
-            .enumerate()
-        {
-            let plain = r.with_context(|| format!("{}: block {}", archive.display(), i + k))?;
-            ex.data(a.block_start(i + k), &plain)?;
-            bar.inc(plain.len() as u64);
-        }
-        i = end;
-    }
-    bar.finish_and_clear();
+    each_block(&a, &mut ls, |i, r| {
+        let plain = r.with_context(|| format!("{}: block {i}", archive.display()))?;
+        ex.data(a.block_start(i), &plain)?;
+        Ok(plain.len())
+    })?;
     let (files, bytes) = ex.finish()?;
     log::info!(
         "extracted {} entries ({files} files, {bytes} bytes) into {}",
@@ -423,35 +411,43 @@ fn cat(
     Ok(())
 }
 
-fn verify(archive: &Path, m: &ModelArgs) -> Result<()> {
-    let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
-    let model = engine::load_for_archive(a.header(), m)?;
-    a.check_model(model.as_deref())?;
-    let chunk = m.batch.max(16);
-    let mut ls = lmz::codec::Lockstep::new(model.as_deref(), m.batch);
-    let mut bad = 0usize;
-    let mut first: Option<lmz::Error> = None;
+/// Decodes every block in order, a few lockstep batches at a time (bounded memory), handing
+/// each result to `f`, which returns the bytes done for the progress bar.
+fn each_block(
+    a: &Archive,
+    ls: &mut lmz::codec::Lockstep<'_>,
+    mut f: impl FnMut(usize, lmz::Result<Vec<u8>>) -> Result<usize>,
+) -> Result<()> {
+    let chunk = ls.width().max(16);
     let bar = progress(a.data_len(), !log::log_enabled!(log::Level::Info));
     let mut i = 0;
     while i < a.block_count() {
         let end = (i + chunk).min(a.block_count());
-        for (k, r) in a
-            .decode_blocks_with(&mut ls, i..end)?
-            .into_iter()
-            .enumerate()
-        {
-            match r {
-                Ok(p) => bar.inc(p.len() as u64),
-                Err(e) => {
-                    log::error!("block {}: {e}", i + k);
-                    bad += 1;
-                    first.get_or_insert(e);
-                }
-            }
+        for (k, r) in a.decode_blocks_with(ls, i..end)?.into_iter().enumerate() {
+            bar.inc(f(i + k, r)? as u64);
         }
         i = end;
     }
     bar.finish_and_clear();
+    Ok(())
+}
+
+fn verify(archive: &Path, m: &ModelArgs) -> Result<()> {
+    let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
+    let model = engine::load_for_archive(a.header(), m)?;
+    a.check_model(model.as_deref())?;
+    let mut ls = lmz::codec::Lockstep::new(model.as_deref(), m.batch);
+    let mut bad = 0usize;
+    let mut first: Option<lmz::Error> = None;
+    each_block(&a, &mut ls, |i, r| match r {
+        Ok(p) => Ok(p.len()),
+        Err(e) => {
+            log::error!("block {i}: {e}");
+            bad += 1;
+            first.get_or_insert(e);
+            Ok(0)
+        }
+    })?;
     match first {
         None => {
             log::info!(

@@ -199,12 +199,7 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
     let refs: Vec<BlockRefData> = w3
         .iter()
         .enumerate()
-        .map(|(i, c)| BlockRefData {
-            number: i as u64,
-            offset: 0,
-            header: c.header,
-            payload: &c.payload,
-        })
+        .map(|(i, c)| c.as_block(i as u64))
         .collect();
     for (r, t) in decode_blocks(Some(&m1 as &dyn Model), &refs, 2)
         .unwrap()
@@ -244,12 +239,7 @@ fn bytes_without_tokens_round_trip_as_escapes() {
     );
     let (coded, _) = encode_blocks(Some(&m as &dyn Model), &[&text], 1, 19).unwrap();
     assert_eq!(coded[0].header.codec, Codec::Model);
-    let refs = [BlockRefData {
-        number: 0,
-        offset: 0,
-        header: coded[0].header,
-        payload: &coded[0].payload,
-    }];
+    let refs = [coded[0].as_block(0)];
     assert_eq!(
         decode_blocks(Some(&m as &dyn Model), &refs, 1).unwrap()[0]
             .as_ref()

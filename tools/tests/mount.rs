@@ -4,6 +4,8 @@
 //! returns early when /dev/fuse is absent. Archives use the order-1 model or no model, so
 //! no language model is needed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -26,30 +28,9 @@ fn fuse_available(test: &str) -> bool {
     false
 }
 
-/// Corpus files when the shared corpus is beside the repository, else generated text.
+/// Corpus files, or stand-ins when the corpus is absent (see `common::corpus`).
 fn sample(name: &str, len: usize) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in [
-        root.join("../../shared/corpus"),
-        PathBuf::from("/work/shared/corpus"),
-    ] {
-        if let Ok(b) = fs::read(dir.join(name)) {
-            return b;
-        }
-    }
-    let words = [
-        "alpha ", "beta ", "gamma ", "delta\n", "archive ", "block ", "model ",
-    ];
-    let mut x = name.len() as u64 * 7919 + 1;
-    let mut out = Vec::new();
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
-    }
-    out.truncate(len);
-    out
+    common::corpus(name, len)
 }
 
 /// Random ACGT: the order-1 model beats zstd on it, so the archive has model-coded blocks.

@@ -228,6 +228,22 @@ impl Drop for TempGuard {
     }
 }
 
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporary archive and exits (128 + signal):
+/// an interrupted pack leaves nothing behind. (SIGKILL cannot be caught; then the hidden
+/// temporary file stays, but never under the final name.)
+fn remove_on_signal(tmp: PathBuf) -> Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _ = std::fs::remove_file(&tmp);
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(handle)
+}
+
 pub fn run(args: PackArgs) -> Result<()> {
     let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
     let model = model.as_deref();
@@ -257,6 +273,7 @@ pub fn run(args: PackArgs) -> Result<()> {
         .open(&tmp)
         .map_err(|e| lmz::Error::io(&tmp, e))?;
     let mut guard = TempGuard(Some(tmp.clone()));
+    let signals = remove_on_signal(tmp.clone())?;
     let md = file.metadata().map_err(|e| lmz::Error::io(&tmp, e))?;
     let out = BufWriter::with_capacity(1 << 20, file);
     let out = write_all(&args, model, out, Some((md.dev(), md.ino())))?;
@@ -267,5 +284,6 @@ pub fn run(args: PackArgs) -> Result<()> {
     drop(file);
     std::fs::rename(&tmp, out_path).map_err(|e| lmz::Error::io(out_path, e))?;
     guard.0 = None;
+    signals.close();
     Ok(())
 }

@@ -211,6 +211,23 @@ fn full_disk_gives_an_io_error_and_no_archive() {
     assert_eq!(left, 0, "the partial archive must be removed");
 }
 
+/// Waits until `lmz pack` has created its temporary archive in `dir` (it is then running
+/// and its signal handler is installed).
+fn wait_for_temp(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let found = std::fs::read_dir(dir)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains("lmz-tmp"));
+        if found {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("lmz pack never created its temporary archive");
+}
+
 #[test]
 fn killed_pack_leaves_nothing_under_the_final_name() {
     let t = tempfile::tempdir().unwrap();
@@ -227,12 +244,44 @@ fn killed_pack_leaves_nothing_under_the_final_name() {
         .arg(&a)
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for_temp(t.path());
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
         !a.exists(),
         "a killed pack must not leave an archive under the final name"
+    );
+    // SIGTERM (or Ctrl-C) is caught: the temporary file goes too.
+    for f in std::fs::read_dir(t.path()).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().contains("lmz-tmp") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let mut child = lmz()
+        .args(["pack", "--engine", "order1", "-q"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&a)
+        .spawn()
+        .unwrap();
+    wait_for_temp(t.path());
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!a.exists());
+    assert!(
+        left.iter()
+            .all(|n| !n.to_string_lossy().contains("lmz-tmp")),
+        "temporary file left: {left:?}"
     );
 }
 

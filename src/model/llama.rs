@@ -438,3 +438,70 @@ mod tests {
         assert!(lock.contains(&format!("name = \"llama-cpp-sys-2\"\nversion = \"{v}\"")));
     }
 }
+
+#[cfg(test)]
+mod prefill_probe {
+    //! Measures whether a multi-token batch ("prefill", what an encoder could use) is faster
+    //! than lockstep single-token steps on this build, and whether its logits are identical.
+    //! Ignored by default: `cargo test --release -p lmz prefill_probe -- --ignored --nocapture`.
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn prefill_vs_token_by_token() {
+        let file = crate::model::fetch::resolve(None, crate::model::fetch::Want::Default).unwrap();
+        let m = load(&file, 4096, available_cores()).unwrap();
+        let text = std::fs::read("/work/shared/corpus/alice29.txt").unwrap();
+        let toks = m.tokenize(&text[..6000]).unwrap();
+        let n = 512.min(toks.len());
+        let input: Vec<Token> = std::iter::once(m.pin.bos).chain(toks[..n - 1].iter().copied()).collect();
+        for &(seqs, chunk) in &[(1usize, 512usize), (8, 64), (8, 16)] {
+            let params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new((seqs * 1024) as u32))
+                .with_n_batch((seqs * chunk) as u32)
+                .with_n_ubatch((seqs * chunk) as u32)
+                .with_n_seq_max(seqs as u32)
+                .with_n_threads(available_cores() as i32)
+                .with_n_threads_batch(available_cores() as i32)
+                .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+                .with_kv_unified(false);
+            let mut ctx = m.model.new_context(backend().unwrap(), params).unwrap();
+            let mut batch = LlamaBatch::new(seqs * chunk, seqs as i32);
+            let per_seq = n / seqs * seqs / seqs;
+            let mut rows: Vec<Vec<f32>> = Vec::new();
+            let start = std::time::Instant::now();
+            let mut pos = 0;
+            while pos < per_seq {
+                batch.clear();
+                let k = chunk.min(per_seq - pos);
+                for s in 0..seqs {
+                    for j in 0..k {
+                        batch.add(LlamaToken(input[pos + j] as i32), (pos + j) as i32, &[s as i32], true).unwrap();
+                    }
+                }
+                ctx.decode(&mut batch).unwrap();
+                for j in 0..k {
+                    rows.push(ctx.get_logits_ith(j as i32).to_vec());
+                }
+                pos += k;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            // Token-by-token reference for sequence 0.
+            let mut ev = m.new_eval(1, 1024).unwrap();
+            let mut same = 0;
+            let mut cum = vec![Vec::new()];
+            for (j, row) in rows.iter().enumerate().take(per_seq.min(128)) {
+                ev.step(&[(0, input[j])], &mut cum).unwrap();
+                let r = ev.ctx.get_logits_ith(0);
+                if r.iter().zip(row).all(|(a, b)| a.to_bits() == b.to_bits()) {
+                    same += 1;
+                }
+            }
+            eprintln!(
+                "{seqs} seq × {chunk} tokens per decode: {:.1} tok/s; bit-identical to token-by-token on {same}/{} positions",
+                (seqs * per_seq) as f64 / secs,
+                per_seq.min(128)
+            );
+        }
+    }
+}

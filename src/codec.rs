@@ -154,7 +154,17 @@ trait Job {
     /// Consumes the distribution of token `k`; returns it.
     fn take(&mut self, k: usize, cum: &[u32]) -> Result<Token>;
     fn len(&self) -> usize;
+    /// Whether every input is known before the run (encoding), so that several steps of
+    /// one slot can be evaluated at once.
+    fn inputs_known(&self) -> bool {
+        false
+    }
 }
+
+/// Tokens fed to one slot per step when encoding with a model whose multi-token steps are
+/// exact (measured on 2 cores: 8 × 16 tokens per step ran 360 tokens/s where one token per
+/// step ran 270 at best).
+const ENCODE_CHUNK: usize = 16;
 
 /// A lockstep evaluation context kept across batches of blocks: creating a model context
 /// (with its KV cache) per batch would cost more than small batches take to code.
@@ -190,20 +200,33 @@ impl<'m> Lockstep<'m> {
             .ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
         let need = self.width.min(jobs.len()).max(1);
         let tokens = jobs.iter().map(|j| j.len()).max().unwrap_or(1);
-        if self
-            .eval
-            .as_ref()
-            .is_none_or(|e| e.width() < need || e.capacity() < tokens)
-        {
+        let known = jobs.iter().all(|j| j.inputs_known());
+        let chunk = if known && model.chunks_exact() {
+            ENCODE_CHUNK
+        } else {
+            1
+        };
+        let fits = |e: &Box<dyn Evaluator + 'm>| {
+            e.width() >= need && e.capacity() >= tokens && e.chunk() >= chunk
+        };
+        if !self.eval.as_ref().is_some_and(fits) {
             // Grow, never shrink: batches alternate between sizes.
-            let (w, t) = self.eval.as_ref().map_or((need, tokens), |e| {
-                (e.width().max(need), e.capacity().max(tokens))
+            let (w, t, c) = self.eval.as_ref().map_or((need, tokens, chunk), |e| {
+                (
+                    e.width().max(need),
+                    e.capacity().max(tokens),
+                    e.chunk().max(chunk).min(ENCODE_CHUNK),
+                )
             });
             self.eval = None;
-            self.eval = Some(model.evaluator(w, t)?);
+            self.eval = Some(model.evaluator(w, t, c)?);
         }
         let eval = self.eval.as_mut().expect("created above");
-        let r = run_lockstep(model, eval.as_mut(), jobs);
+        let r = if chunk > 1 {
+            run_chunked(model, eval.as_mut(), jobs, chunk)
+        } else {
+            run_lockstep(model, eval.as_mut(), jobs)
+        };
         if r.is_err() {
             // The evaluator's state is unknown after a failed step.
             self.eval = None;
@@ -264,6 +287,63 @@ fn run_lockstep(
     }
 }
 
+/// [`run_lockstep`] for jobs whose inputs are all known: each step feeds every active slot up
+/// to `chunk` consecutive tokens. Only used when the model's multi-token steps are exact.
+fn run_chunked(
+    model: &dyn Model,
+    eval: &mut dyn Evaluator,
+    jobs: &mut [&mut dyn Job],
+    chunk: usize,
+) -> Result<Vec<Option<Error>>> {
+    let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
+    let width = eval.width();
+    let bos = model.pin().bos;
+    let mut lanes: Vec<Option<(usize, usize)>> = vec![None; width];
+    let mut next_job = 0;
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); width * chunk];
+    let mut inputs: Vec<Vec<Token>> = vec![Vec::with_capacity(chunk); width];
+    let mut who = Vec::with_capacity(width);
+    loop {
+        for (slot, lane) in lanes.iter_mut().enumerate() {
+            if lane.is_none() && next_job < jobs.len() {
+                eval.reset(slot)?;
+                *lane = Some((next_job, 0));
+                next_job += 1;
+            }
+        }
+        who.clear();
+        for (slot, lane) in lanes.iter().enumerate() {
+            if let Some((j, k)) = *lane {
+                let n = chunk.min(jobs[j].len() - k);
+                inputs[slot].clear();
+                inputs[slot]
+                    .extend((k..k + n).map(|k| if k == 0 { bos } else { jobs[j].input(k) }));
+                who.push(slot);
+            }
+        }
+        if who.is_empty() {
+            return Ok(failed);
+        }
+        let feed: Vec<(usize, &[Token])> = who.iter().map(|&s| (s, inputs[s].as_slice())).collect();
+        eval.step_chunks(&feed, &mut out)?;
+        let mut row = 0;
+        for &slot in &who {
+            let (j, k) = lanes[slot].expect("active lane");
+            let n = inputs[slot].len();
+            let mut done = k + n;
+            for m in 0..n {
+                if let Err(e) = jobs[j].take(k + m, &out[row + m]) {
+                    failed[j] = Some(e);
+                    done = jobs[j].len();
+                    break;
+                }
+            }
+            row += n;
+            lanes[slot] = (done < jobs[j].len()).then_some((j, done));
+        }
+    }
+}
+
 struct EncodeJob<'t> {
     tokens: &'t [Token],
     enc: Encoder,
@@ -287,6 +367,9 @@ impl Job for EncodeJob<'_> {
     }
     fn len(&self) -> usize {
         self.tokens.len()
+    }
+    fn inputs_known(&self) -> bool {
+        true
     }
 }
 

@@ -84,6 +84,8 @@ pub struct LlamaLm {
     n_model: usize,
     escape_input: Token,
     threads: usize,
+    /// Result of [`LlamaLm::probe_chunks`], run on first need.
+    chunks_exact: OnceLock<bool>,
 }
 
 impl LlamaLm {
@@ -152,6 +154,7 @@ impl LlamaLm {
             n_model: n as usize,
             escape_input,
             threads,
+            chunks_exact: OnceLock::new(),
         })
     }
 
@@ -269,12 +272,32 @@ impl Model for LlamaLm {
         self.pieces.get(t as usize).map_or(&[], |p| p.as_slice())
     }
 
-    fn evaluator(&self, width: usize, tokens: usize) -> Result<Box<dyn Evaluator + '_>> {
-        Ok(Box::new(self.new_eval(width, tokens)?))
+    fn evaluator(
+        &self,
+        width: usize,
+        tokens: usize,
+        chunk: usize,
+    ) -> Result<Box<dyn Evaluator + '_>> {
+        Ok(Box::new(self.new_eval(width, tokens, chunk)?))
+    }
+
+    fn chunks_exact(&self) -> bool {
+        *self.chunks_exact.get_or_init(|| match self.probe_chunks() {
+            Ok(exact) => {
+                if !exact {
+                    log::info!("multi-token steps are not bit-exact with this model and build; encoding one token per step");
+                }
+                exact
+            }
+            Err(e) => {
+                log::warn!("could not probe multi-token steps ({e}); encoding one token per step");
+                false
+            }
+        })
     }
 
     fn raw_tokens_per_second(&self, width: usize, steps: usize) -> Result<Option<f64>> {
-        let mut e = self.new_eval(width, steps)?;
+        let mut e = self.new_eval(width, steps, 1)?;
         let steps = steps.min(e.limit as usize);
         let start = std::time::Instant::now();
         for k in 0..steps {
@@ -307,8 +330,43 @@ impl Model for LlamaLm {
 }
 
 impl LlamaLm {
-    fn new_eval(&self, width: usize, tokens: usize) -> Result<LlamaEval<'_>> {
+    /// Whether feeding 16 tokens per step, two sequences at once, gives exactly the frequency
+    /// tables of one token per step, for this model file, build and machine. The encoder
+    /// relies on it only after this check; the block CRC catches anything it could miss.
+    fn probe_chunks(&self) -> Result<bool> {
+        const TEXT: &[u8] =
+            b"It was the best of times, it was the worst of times, it was the age of \
+            wisdom, it was the age of foolishness, it was the epoch of belief, it was the epoch of \
+            incredulity, it was the season of Light, it was the season of Darkness.\n";
+        let mut toks = vec![self.pin.bos];
+        toks.extend(self.tokenize(TEXT).unwrap_or_default());
+        toks.truncate(48);
+        let n = toks.len();
+        let chunk = 16;
+        let mut a = self.new_eval(2, n, chunk)?;
+        let mut rows_a = vec![Vec::new(); 2 * chunk];
+        let mut got: [Vec<Vec<u32>>; 2] = [Vec::new(), Vec::new()];
+        for piece in toks.chunks(chunk) {
+            let feed = [(0, piece), (1, piece)];
+            a.step_chunks(&feed, &mut rows_a)?;
+            got[0].extend_from_slice(&rows_a[..piece.len()]);
+            got[1].extend_from_slice(&rows_a[piece.len()..2 * piece.len()]);
+        }
+        drop(a);
+        let mut b = self.new_eval(1, n, 1)?;
+        let mut row = vec![Vec::new()];
+        for (k, &t) in toks.iter().enumerate() {
+            b.step(&[(0, t)], &mut row)?;
+            if got[0][k] != row[0] || got[1][k] != row[0] {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn new_eval(&self, width: usize, tokens: usize, chunk: usize) -> Result<LlamaEval<'_>> {
         let width = width.max(1);
+        let chunk = chunk.max(1);
         // Each sequence gets its own cells (non-unified KV), enough for `tokens` plus the BOS,
         // rounded up to llama.cpp's padding.
         let tokens = tokens.clamp(1, self.pin.max_block_tokens as usize) as u32;
@@ -318,8 +376,8 @@ impl LlamaLm {
             .ok_or_else(|| Error::usage("batch width × block tokens too large"))?;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(width as u32)
-            .with_n_ubatch(width as u32)
+            .with_n_batch((width * chunk) as u32)
+            .with_n_ubatch((width * chunk) as u32)
             .with_n_seq_max(width as u32)
             .with_n_threads(self.threads as i32)
             .with_n_threads_batch(self.threads as i32)
@@ -336,7 +394,8 @@ impl LlamaLm {
             })?;
         Ok(LlamaEval {
             ctx,
-            batch: LlamaBatch::new(width, width as i32),
+            batch: LlamaBatch::new(width * chunk, width as i32),
+            chunk,
             pos: vec![0; width],
             limit: per_seq as i32,
             capacity: tokens as usize,
@@ -353,6 +412,7 @@ struct LlamaEval<'m> {
     pos: Vec<i32>,
     limit: i32,
     capacity: usize,
+    chunk: usize,
     weights: Vec<u32>,
     n_model: Token,
     escape_input: Token,
@@ -365,6 +425,51 @@ impl Evaluator for LlamaEval<'_> {
 
     fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    fn step_chunks(&mut self, feed: &[(usize, &[Token])], out: &mut [Vec<u32>]) -> Result<()> {
+        self.batch.clear();
+        for &(slot, toks) in feed {
+            if toks.len() > self.chunk {
+                return Err(Error::ModelEval {
+                    detail: format!("{} tokens for one sequence in one step", toks.len()),
+                });
+            }
+            for &tok in toks {
+                let tok = if tok >= self.n_model {
+                    self.escape_input
+                } else {
+                    tok
+                };
+                if self.pos[slot] >= self.limit {
+                    return Err(Error::ModelEval {
+                        detail: format!("sequence {slot} exceeds its context"),
+                    });
+                }
+                self.batch
+                    .add(LlamaToken(tok as i32), self.pos[slot], &[slot as i32], true)
+                    .map_err(|e| Error::ModelEval {
+                        detail: e.to_string(),
+                    })?;
+                self.pos[slot] += 1;
+            }
+        }
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| Error::ModelEval {
+                detail: e.to_string(),
+            })?;
+        let rows = self.batch.n_tokens() as usize;
+        for (i, cum) in out.iter_mut().enumerate().take(rows) {
+            let logits = self.ctx.get_logits_ith(i as i32);
+            cum.resize(self.weights.len() + 1, 0);
+            logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
+        }
+        Ok(())
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {
@@ -454,7 +559,9 @@ mod prefill_probe {
         let text = std::fs::read("/work/shared/corpus/alice29.txt").unwrap();
         let toks = m.tokenize(&text[..6000]).unwrap();
         let n = 512.min(toks.len());
-        let input: Vec<Token> = std::iter::once(m.pin.bos).chain(toks[..n - 1].iter().copied()).collect();
+        let input: Vec<Token> = std::iter::once(m.pin.bos)
+            .chain(toks[..n - 1].iter().copied())
+            .collect();
         for &(seqs, chunk) in &[(1usize, 512usize), (8, 64), (8, 16)] {
             let params = LlamaContextParams::default()
                 .with_n_ctx(NonZeroU32::new((seqs * 1024) as u32))
@@ -476,7 +583,14 @@ mod prefill_probe {
                 let k = chunk.min(per_seq - pos);
                 for s in 0..seqs {
                     for j in 0..k {
-                        batch.add(LlamaToken(input[pos + j] as i32), (pos + j) as i32, &[s as i32], true).unwrap();
+                        batch
+                            .add(
+                                LlamaToken(input[pos + j] as i32),
+                                (pos + j) as i32,
+                                &[s as i32],
+                                true,
+                            )
+                            .unwrap();
                     }
                 }
                 ctx.decode(&mut batch).unwrap();
@@ -487,7 +601,7 @@ mod prefill_probe {
             }
             let secs = start.elapsed().as_secs_f64();
             // Token-by-token reference for sequence 0.
-            let mut ev = m.new_eval(1, 1024).unwrap();
+            let mut ev = m.new_eval(1, 1024, 1).unwrap();
             let mut same = 0;
             let mut cum = vec![Vec::new()];
             for (j, row) in rows.iter().enumerate().take(per_seq.min(128)) {

@@ -45,7 +45,22 @@ pub trait Model: Send + Sync {
     /// An evaluator with `width` independent sequences of up to `tokens` tokens each (plus
     /// the BOS). Context sizes do not change probabilities (tested), so evaluators are sized
     /// to the blocks at hand, not to the largest block the format allows.
-    fn evaluator(&self, width: usize, tokens: usize) -> Result<Box<dyn Evaluator + '_>>;
+    ///
+    /// `chunk` is the most tokens one slot may be fed in one [`Evaluator::step_chunks`]
+    /// call (1 for decoders, which learn each token from the previous step).
+    fn evaluator(
+        &self,
+        width: usize,
+        tokens: usize,
+        chunk: usize,
+    ) -> Result<Box<dyn Evaluator + '_>>;
+
+    /// Whether feeding a slot several tokens in one step gives exactly the distributions of
+    /// feeding them one per step. Encoders know every token in advance and use it when true;
+    /// decoders never can. Default: false.
+    fn chunks_exact(&self) -> bool {
+        false
+    }
 
     /// Tokens per second of the bare model for `steps` lockstep steps of `width` sequences:
     /// logits computed but not turned into frequencies, nothing coded. The ceiling coding can
@@ -70,4 +85,41 @@ pub trait Evaluator {
     /// writes the cumulative frequency table of each slot's next token into `out[i]`
     /// (`vocab + 1` entries, total `2^24`).
     fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()>;
+
+    /// Most tokens a slot may be fed in one [`Self::step_chunks`] call.
+    fn chunk(&self) -> usize {
+        1
+    }
+
+    /// Appends several tokens to each listed slot (`feed[i] = (slot, tokens)`, at most
+    /// [`Self::chunk`] each) and writes the distribution after each of them into `out`, in
+    /// order: all rows of `feed[0]`, then of `feed[1]`, … The default feeds one token per
+    /// step.
+    fn step_chunks(&mut self, feed: &[(usize, &[Token])], out: &mut [Vec<u32>]) -> Result<()> {
+        let mut starts = Vec::with_capacity(feed.len());
+        let mut row = 0;
+        for (_, toks) in feed {
+            starts.push(row);
+            row += toks.len();
+        }
+        let longest = feed.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        let mut single = Vec::with_capacity(feed.len());
+        let mut rows = Vec::with_capacity(feed.len());
+        let mut tmp: Vec<Vec<u32>> = vec![Vec::new(); feed.len()];
+        for j in 0..longest {
+            single.clear();
+            rows.clear();
+            for (i, (slot, toks)) in feed.iter().enumerate() {
+                if let Some(&t) = toks.get(j) {
+                    single.push((*slot, t));
+                    rows.push(starts[i] + j);
+                }
+            }
+            self.step(&single, &mut tmp[..single.len()])?;
+            for (k, &r) in rows.iter().enumerate() {
+                std::mem::swap(&mut out[r], &mut tmp[k]);
+            }
+        }
+        Ok(())
+    }
 }

@@ -78,7 +78,12 @@ impl Model for Order1 {
         self.pieces.get(t as usize).map_or(&[], |p| &p[..])
     }
 
-    fn evaluator(&self, width: usize, _tokens: usize) -> Result<Box<dyn Evaluator + '_>> {
+    fn evaluator(
+        &self,
+        width: usize,
+        _tokens: usize,
+        _chunk: usize,
+    ) -> Result<Box<dyn Evaluator + '_>> {
         Ok(Box::new(Order1Eval {
             slots: (0..width).map(|_| Slot::new()).collect(),
         }))
@@ -109,6 +114,10 @@ impl Evaluator for Order1Eval {
     }
 
     fn capacity(&self) -> usize {
+        usize::MAX
+    }
+
+    fn chunk(&self) -> usize {
         usize::MAX
     }
 

@@ -187,6 +187,12 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
         corpus("urls.10K", 500),
     ];
     let plains: Vec<&[u8]> = texts.iter().map(|t| &t[..]).collect();
+    // Encoders feed 16 tokens per step once the model proves that exact (it is, for the
+    // default model with GGML_LLAMAFILE=OFF); decoders below feed one.
+    assert!(
+        m2.chunks_exact(),
+        "multi-token steps should be exact for the default model"
+    );
     let (w1, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 1, 19).unwrap();
     let (w3, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 3, 19).unwrap();
     assert!(w1.iter().all(|c| c.header.codec == Codec::Model));

@@ -206,10 +206,10 @@ impl<'m> Lockstep<'m> {
         } else {
             1
         };
-        let fits = |e: &Box<dyn Evaluator + 'm>| {
+        let fits = |e: &(dyn Evaluator + 'm)| {
             e.width() >= need && e.capacity() >= tokens && e.chunk() >= chunk
         };
-        if !self.eval.as_ref().is_some_and(fits) {
+        if !self.eval.as_deref().is_some_and(fits) {
             // Grow, never shrink: batches alternate between sizes.
             let (w, t, c) = self.eval.as_ref().map_or((need, tokens, chunk), |e| {
                 (

@@ -418,6 +418,47 @@ struct LlamaEval<'m> {
     escape_input: Token,
 }
 
+impl LlamaEval<'_> {
+    /// Appends `tok` at the next position of `slot` to the batch, logits requested. An escape
+    /// symbol is fed as the escape input token (FORMAT.md §12.6).
+    fn add(&mut self, slot: usize, tok: Token) -> Result<()> {
+        let tok = if tok >= self.n_model {
+            self.escape_input
+        } else {
+            tok
+        };
+        if self.pos[slot] >= self.limit {
+            return Err(Error::ModelEval {
+                detail: format!("sequence {slot} exceeds its context"),
+            });
+        }
+        self.batch
+            .add(LlamaToken(tok as i32), self.pos[slot], &[slot as i32], true)
+            .map_err(|e| Error::ModelEval {
+                detail: e.to_string(),
+            })?;
+        self.pos[slot] += 1;
+        Ok(())
+    }
+
+    /// Evaluates the batch and turns each of its rows of logits, in batch order, into a
+    /// cumulative frequency table in `out`.
+    fn decode_into(&mut self, out: &mut [Vec<u32>]) -> Result<()> {
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| Error::ModelEval {
+                detail: e.to_string(),
+            })?;
+        let rows = self.batch.n_tokens() as usize;
+        for (i, cum) in out.iter_mut().enumerate().take(rows) {
+            let logits = self.ctx.get_logits_ith(i as i32);
+            cum.resize(self.weights.len() + 1, 0);
+            logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
+        }
+        Ok(())
+    }
+}
+
 impl Evaluator for LlamaEval<'_> {
     fn width(&self) -> usize {
         self.pos.len()
@@ -440,36 +481,10 @@ impl Evaluator for LlamaEval<'_> {
                 });
             }
             for &tok in toks {
-                let tok = if tok >= self.n_model {
-                    self.escape_input
-                } else {
-                    tok
-                };
-                if self.pos[slot] >= self.limit {
-                    return Err(Error::ModelEval {
-                        detail: format!("sequence {slot} exceeds its context"),
-                    });
-                }
-                self.batch
-                    .add(LlamaToken(tok as i32), self.pos[slot], &[slot as i32], true)
-                    .map_err(|e| Error::ModelEval {
-                        detail: e.to_string(),
-                    })?;
-                self.pos[slot] += 1;
+                self.add(slot, tok)?;
             }
         }
-        self.ctx
-            .decode(&mut self.batch)
-            .map_err(|e| Error::ModelEval {
-                detail: e.to_string(),
-            })?;
-        let rows = self.batch.n_tokens() as usize;
-        for (i, cum) in out.iter_mut().enumerate().take(rows) {
-            let logits = self.ctx.get_logits_ith(i as i32);
-            cum.resize(self.weights.len() + 1, 0);
-            logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
-        }
-        Ok(())
+        self.decode_into(out)
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {
@@ -485,34 +500,9 @@ impl Evaluator for LlamaEval<'_> {
     fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
         self.batch.clear();
         for &(slot, tok) in feed {
-            let tok = if tok >= self.n_model {
-                self.escape_input
-            } else {
-                tok
-            };
-            if self.pos[slot] >= self.limit {
-                return Err(Error::ModelEval {
-                    detail: format!("sequence {slot} exceeds its context"),
-                });
-            }
-            self.batch
-                .add(LlamaToken(tok as i32), self.pos[slot], &[slot as i32], true)
-                .map_err(|e| Error::ModelEval {
-                    detail: e.to_string(),
-                })?;
-            self.pos[slot] += 1;
+            self.add(slot, tok)?;
         }
-        self.ctx
-            .decode(&mut self.batch)
-            .map_err(|e| Error::ModelEval {
-                detail: e.to_string(),
-            })?;
-        for (i, cum) in out.iter_mut().enumerate().take(feed.len()) {
-            let logits = self.ctx.get_logits_ith(i as i32);
-            cum.resize(self.weights.len() + 1, 0);
-            logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
-        }
-        Ok(())
+        self.decode_into(out)
     }
 }
 

@@ -237,14 +237,19 @@ fn killed_pack_leaves_nothing_under_the_final_name() {
         std::fs::write(src.join(format!("f{i}")), corpus("alice29.txt", 150_000)).unwrap();
     }
     let a = t.path().join("a.lmz");
-    let mut child = lmz()
-        .args(["pack", "--engine", "order1", "-q"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&a)
-        .spawn()
-        .unwrap();
-    wait_for_temp(t.path());
+    // A pack that is running, with its temporary archive created.
+    let start_pack = || {
+        let child = lmz()
+            .args(["pack", "--engine", "order1", "-q"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&a)
+            .spawn()
+            .unwrap();
+        wait_for_temp(t.path());
+        child
+    };
+    let mut child = start_pack();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -258,14 +263,7 @@ fn killed_pack_leaves_nothing_under_the_final_name() {
             std::fs::remove_file(p).unwrap();
         }
     }
-    let mut child = lmz()
-        .args(["pack", "--engine", "order1", "-q"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&a)
-        .spawn()
-        .unwrap();
-    wait_for_temp(t.path());
+    let mut child = start_pack();
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -15,7 +15,7 @@
 use crate::coder::{ideal_bits, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::format::{BlockHeader, Codec, FREQ_BITS};
-use crate::model::{Evaluator, Model, Token};
+use crate::model::{EvalProfile, Evaluator, Model, Token};
 
 const BITS: u32 = FREQ_BITS as u32;
 
@@ -166,12 +166,25 @@ trait Job {
 /// step ran 270 at best).
 const ENCODE_CHUNK: usize = 16;
 
+/// Where the time of model coding went (`lmz bench`): the evaluator's share (model and
+/// frequency tables) and the range coder's, for every token coded or decoded.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Profile {
+    pub eval: EvalProfile,
+    /// Range coding, and for decoders appending the token's bytes.
+    pub coder: std::time::Duration,
+}
+
 /// A lockstep evaluation context kept across batches of blocks: creating a model context
 /// (with its KV cache) per batch would cost more than small batches take to code.
 pub struct Lockstep<'m> {
     model: Option<&'m dyn Model>,
     width: usize,
     eval: Option<Box<dyn Evaluator + 'm>>,
+    /// Profiles of evaluators already dropped, and coder time.
+    profile: Profile,
+    /// Whether the width was cut to 1 for a model that is not batch-invariant (said once).
+    narrowed: bool,
 }
 
 impl<'m> Lockstep<'m> {
@@ -181,6 +194,23 @@ impl<'m> Lockstep<'m> {
             model,
             width: width.max(1),
             eval: None,
+            profile: Profile::default(),
+            narrowed: false,
+        }
+    }
+
+    /// Time spent so far, over every evaluator this context has used.
+    pub fn profile(&self) -> Profile {
+        let mut p = self.profile;
+        if let Some(e) = &self.eval {
+            p.eval.add(&e.profile());
+        }
+        p
+    }
+
+    fn drop_eval(&mut self) {
+        if let Some(e) = self.eval.take() {
+            self.profile.eval.add(&e.profile());
         }
     }
 
@@ -198,7 +228,16 @@ impl<'m> Lockstep<'m> {
         let model = self
             .model
             .ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
-        let need = self.width.min(jobs.len()).max(1);
+        let mut need = self.width.min(jobs.len()).max(1);
+        if need > 1 && !model.lockstep_exact() {
+            // A model whose kernels are not batch-invariant: one block at a time, so the
+            // distributions are those a lone decoder (a random read) sees.
+            if !self.narrowed {
+                log::warn!("this model's results change with the batch on this build: coding one block at a time instead of {need}");
+                self.narrowed = true;
+            }
+            need = 1;
+        }
         let tokens = jobs.iter().map(|j| j.len()).max().unwrap_or(1);
         let known = jobs.iter().all(|j| j.inputs_known());
         let chunk = if known && model.chunks_exact() {
@@ -218,18 +257,19 @@ impl<'m> Lockstep<'m> {
                     e.chunk().max(chunk).min(ENCODE_CHUNK),
                 )
             });
-            self.eval = None;
+            self.drop_eval();
             self.eval = Some(model.evaluator(w, t, c)?);
         }
         let eval = self.eval.as_mut().expect("created above");
+        let coder = &mut self.profile.coder;
         let r = if chunk > 1 {
-            run_chunked(model, eval.as_mut(), jobs, chunk)
+            run_chunked(model, eval.as_mut(), jobs, chunk, coder)
         } else {
-            run_lockstep(model, eval.as_mut(), jobs)
+            run_lockstep(model, eval.as_mut(), jobs, coder)
         };
         if r.is_err() {
             // The evaluator's state is unknown after a failed step.
-            self.eval = None;
+            self.drop_eval();
         }
         r
     }
@@ -239,6 +279,7 @@ fn run_lockstep(
     model: &dyn Model,
     eval: &mut dyn Evaluator,
     jobs: &mut [&mut dyn Job],
+    coder: &mut std::time::Duration,
 ) -> Result<Vec<Option<Error>>> {
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
     if jobs.is_empty() {
@@ -273,6 +314,7 @@ fn run_lockstep(
             return Ok(failed);
         }
         eval.step(&feed, &mut out[..feed.len()])?;
+        let coding = std::time::Instant::now();
         for (i, &slot) in who.iter().enumerate() {
             let (j, k) = lanes[slot].expect("active lane");
             match jobs[j].take(k, &out[i]) {
@@ -284,6 +326,7 @@ fn run_lockstep(
                 }
             }
         }
+        *coder += coding.elapsed();
     }
 }
 
@@ -294,6 +337,7 @@ fn run_chunked(
     eval: &mut dyn Evaluator,
     jobs: &mut [&mut dyn Job],
     chunk: usize,
+    coder: &mut std::time::Duration,
 ) -> Result<Vec<Option<Error>>> {
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
     let width = eval.width();
@@ -326,6 +370,7 @@ fn run_chunked(
         }
         let feed: Vec<(usize, &[Token])> = who.iter().map(|&s| (s, inputs[s].as_slice())).collect();
         eval.step_chunks(&feed, &mut out)?;
+        let coding = std::time::Instant::now();
         let mut row = 0;
         for &slot in &who {
             let (j, k) = lanes[slot].expect("active lane");
@@ -341,6 +386,7 @@ fn run_chunked(
             row += n;
             lanes[slot] = (done < jobs[j].len()).then_some((j, done));
         }
+        *coder += coding.elapsed();
     }
 }
 
@@ -623,5 +669,51 @@ mod tests {
         // ...and with a matching payload CRC, the plain CRC or length catches it.
         coded[0].header.coded_crc = crc32fast::hash(&coded[0].payload);
         assert!(decode_all(&m, &coded, 1)[0].is_err());
+    }
+
+    /// A model that says it is not batch-invariant is only ever evaluated one block at a
+    /// time, whatever width the caller asks for, and still codes every block.
+    #[test]
+    fn model_that_is_not_batch_invariant_runs_one_block_at_a_time() {
+        struct Narrow(Order1);
+        impl Model for Narrow {
+            fn pin(&self) -> crate::format::ModelPin {
+                self.0.pin()
+            }
+            fn header(&self, block_size: u32) -> crate::format::Header {
+                self.0.header(block_size)
+            }
+            fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>> {
+                self.0.tokenize(bytes)
+            }
+            fn piece(&self, t: Token) -> &[u8] {
+                self.0.piece(t)
+            }
+            fn evaluator(
+                &self,
+                width: usize,
+                tokens: usize,
+                chunk: usize,
+            ) -> Result<Box<dyn Evaluator + '_>> {
+                assert_eq!(width, 1, "a non-invariant model was batched");
+                self.0.evaluator(width, tokens, chunk)
+            }
+            fn lockstep_exact(&self) -> bool {
+                false
+            }
+        }
+        let m = Narrow(Order1::default());
+        let texts: Vec<Vec<u8>> = (0..5).map(|i| markov_text(i + 40, 300)).collect();
+        let plains: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
+        let (coded, _) = encode_blocks(Some(&m), &plains, 4, 19).unwrap();
+        assert!(coded.iter().all(|c| c.header.codec == Codec::Model));
+        // The same bytes as an invariant model coding them in lockstep.
+        let (wide, _) = encode_blocks(Some(&Order1::default()), &plains, 4, 19).unwrap();
+        for (a, b) in coded.iter().zip(&wide) {
+            assert_eq!(a.payload, b.payload);
+        }
+        for (r, t) in decode_all(&m, &coded, 3).into_iter().zip(&texts) {
+            assert_eq!(&r.unwrap(), t);
+        }
     }
 }

@@ -22,7 +22,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::fetch::ModelFile;
 use super::quantize::logits_to_cum;
-use super::{Evaluator, Model, Token};
+use super::{EvalProfile, Evaluator, Model, Token};
 use crate::error::{Error, Result};
 use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
 
@@ -36,6 +36,22 @@ const BACKEND_NAME: &str = "cuda";
 const BACKEND_NAME: &str = "metal";
 #[cfg(not(any(feature = "cuda", feature = "metal")))]
 const BACKEND_NAME: &str = "cpu";
+
+/// What the determinism probes evaluate: ordinary English, so the distributions are those of
+/// real use.
+const PROBE_TEXT: &[u8] =
+    b"It was the best of times, it was the worst of times, it was the age of \
+    wisdom, it was the age of foolishness, it was the epoch of belief, it was the epoch of \
+    incredulity, it was the season of Light, it was the season of Darkness.\n";
+
+/// A checksum of a frequency table, for comparing tables without keeping them.
+fn table_sum(cum: &[u32]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for c in cum {
+        h.update(&c.to_le_bytes());
+    }
+    h.finalize()
+}
 
 /// llama.cpp's backend may be initialised once per process.
 fn backend() -> Result<&'static LlamaBackend> {
@@ -86,6 +102,11 @@ pub struct LlamaLm {
     threads: usize,
     /// Result of [`LlamaLm::probe_chunks`], run on first need.
     chunks_exact: OnceLock<bool>,
+    /// Result of [`LlamaLm::probe_lockstep`], run on first need.
+    lockstep_exact: OnceLock<bool>,
+    /// Checksums of the frequency tables of [`PROBE_TEXT`] evaluated alone, one token per
+    /// step: the reference both probes compare against.
+    reference: OnceLock<Result<Vec<u32>>>,
 }
 
 impl LlamaLm {
@@ -155,6 +176,8 @@ impl LlamaLm {
             escape_input,
             threads,
             chunks_exact: OnceLock::new(),
+            lockstep_exact: OnceLock::new(),
+            reference: OnceLock::new(),
         })
     }
 
@@ -281,6 +304,25 @@ impl Model for LlamaLm {
         Ok(Box::new(self.new_eval(width, tokens, chunk)?))
     }
 
+    fn lockstep_exact(&self) -> bool {
+        *self
+            .lockstep_exact
+            .get_or_init(|| match self.probe_lockstep() {
+                Ok(exact) => {
+                    if !exact {
+                        log::info!("lockstep batches change this model's logits on this build");
+                    }
+                    exact
+                }
+                Err(e) => {
+                    log::warn!(
+                        "could not probe lockstep batches ({e}); coding one block at a time"
+                    );
+                    false
+                }
+            })
+    }
+
     fn chunks_exact(&self) -> bool {
         *self.chunks_exact.get_or_init(|| match self.probe_chunks() {
             Ok(exact) => {
@@ -330,36 +372,83 @@ impl Model for LlamaLm {
 }
 
 impl LlamaLm {
+    /// The probe's input: BOS and the first 48 tokens of [`PROBE_TEXT`].
+    fn probe_tokens(&self) -> Vec<Token> {
+        let mut toks = vec![self.pin.bos];
+        toks.extend(self.tokenize(PROBE_TEXT).unwrap_or_default());
+        toks.truncate(48);
+        toks
+    }
+
+    /// See [`LlamaLm::reference`].
+    fn reference(&self) -> Result<&[u32]> {
+        let r = self.reference.get_or_init(|| {
+            let toks = self.probe_tokens();
+            let mut e = self.new_eval(1, toks.len(), 1)?;
+            let mut row = vec![Vec::new()];
+            let mut sums = Vec::with_capacity(toks.len());
+            for &t in &toks {
+                e.step(&[(0, t)], &mut row)?;
+                sums.push(table_sum(&row[0]));
+            }
+            Ok(sums)
+        });
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(Error::ModelEval {
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether sequences evaluated in lockstep batches see exactly the distributions of one
+    /// sequence alone: three sequences started at different steps (so at different
+    /// positions, in batches of one, two and three rows) against the reference. Measured
+    /// true for Q4_0/Q4_1/Q8_0 weights on CPU, false for Q4_K (../shared/llama-facts.md).
+    fn probe_lockstep(&self) -> Result<bool> {
+        let reference = self.reference()?;
+        let toks = self.probe_tokens();
+        let n = toks.len();
+        const STARTS: [usize; 3] = [0, 5, 11];
+        let mut e = self.new_eval(STARTS.len(), n, 1)?;
+        let mut rows = vec![Vec::new(); STARTS.len()];
+        let mut feed = Vec::with_capacity(STARTS.len());
+        for step in 0..STARTS[2] + n {
+            feed.clear();
+            for (slot, &s) in STARTS.iter().enumerate() {
+                if (s..s + n).contains(&step) {
+                    feed.push((slot, toks[step - s]));
+                }
+            }
+            e.step(&feed, &mut rows[..feed.len()])?;
+            for (i, &(slot, _)) in feed.iter().enumerate() {
+                if table_sum(&rows[i]) != reference[step - STARTS[slot]] {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether feeding 16 tokens per step, two sequences at once, gives exactly the frequency
     /// tables of one token per step, for this model file, build and machine. The encoder
     /// relies on it only after this check; the block CRC catches anything it could miss.
     fn probe_chunks(&self) -> Result<bool> {
-        const TEXT: &[u8] =
-            b"It was the best of times, it was the worst of times, it was the age of \
-            wisdom, it was the age of foolishness, it was the epoch of belief, it was the epoch of \
-            incredulity, it was the season of Light, it was the season of Darkness.\n";
-        let mut toks = vec![self.pin.bos];
-        toks.extend(self.tokenize(TEXT).unwrap_or_default());
-        toks.truncate(48);
-        let n = toks.len();
+        let reference = self.reference()?;
+        let toks = self.probe_tokens();
         let chunk = 16;
-        let mut a = self.new_eval(2, n, chunk)?;
-        let mut rows_a = vec![Vec::new(); 2 * chunk];
-        let mut got: [Vec<Vec<u32>>; 2] = [Vec::new(), Vec::new()];
+        let mut a = self.new_eval(2, toks.len(), chunk)?;
+        let mut rows = vec![Vec::new(); 2 * chunk];
+        let mut k = 0;
         for piece in toks.chunks(chunk) {
             let feed = [(0, piece), (1, piece)];
-            a.step_chunks(&feed, &mut rows_a)?;
-            got[0].extend_from_slice(&rows_a[..piece.len()]);
-            got[1].extend_from_slice(&rows_a[piece.len()..2 * piece.len()]);
-        }
-        drop(a);
-        let mut b = self.new_eval(1, n, 1)?;
-        let mut row = vec![Vec::new()];
-        for (k, &t) in toks.iter().enumerate() {
-            b.step(&[(0, t)], &mut row)?;
-            if got[0][k] != row[0] || got[1][k] != row[0] {
-                return Ok(false);
+            a.step_chunks(&feed, &mut rows)?;
+            for (j, r) in rows[..2 * piece.len()].iter().enumerate() {
+                if table_sum(r) != reference[k + j % piece.len()] {
+                    return Ok(false);
+                }
             }
+            k += piece.len();
         }
         Ok(true)
     }
@@ -402,6 +491,7 @@ impl LlamaLm {
             weights: vec![0; self.pieces.len()],
             n_model: self.n_model as Token,
             escape_input: self.escape_input,
+            profile: EvalProfile::default(),
         })
     }
 }
@@ -416,6 +506,7 @@ struct LlamaEval<'m> {
     weights: Vec<u32>,
     n_model: Token,
     escape_input: Token,
+    profile: EvalProfile,
 }
 
 impl LlamaEval<'_> {
@@ -444,22 +535,37 @@ impl LlamaEval<'_> {
     /// Evaluates the batch and turns each of its rows of logits, in batch order, into a
     /// cumulative frequency table in `out`.
     fn decode_into(&mut self, out: &mut [Vec<u32>]) -> Result<()> {
+        let start = std::time::Instant::now();
         self.ctx
             .decode(&mut self.batch)
             .map_err(|e| Error::ModelEval {
                 detail: e.to_string(),
             })?;
         let rows = self.batch.n_tokens() as usize;
+        // Reading a row waits for an asynchronous backend (a GPU) to finish the step, so the
+        // model's time ends here.
+        if rows > 0 {
+            std::hint::black_box(self.ctx.get_logits_ith(0).first());
+        }
+        let evaluated = std::time::Instant::now();
         for (i, cum) in out.iter_mut().enumerate().take(rows) {
             let logits = self.ctx.get_logits_ith(i as i32);
             cum.resize(self.weights.len() + 1, 0);
             logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
         }
+        self.profile.steps += 1;
+        self.profile.rows += rows as u64;
+        self.profile.model += evaluated - start;
+        self.profile.freqs += evaluated.elapsed();
         Ok(())
     }
 }
 
 impl Evaluator for LlamaEval<'_> {
+    fn profile(&self) -> EvalProfile {
+        self.profile
+    }
+
     fn width(&self) -> usize {
         self.pos.len()
     }

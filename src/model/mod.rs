@@ -16,6 +16,8 @@ pub mod llama;
 pub mod order1;
 pub mod quantize;
 
+use std::time::Duration;
+
 use crate::error::Result;
 use crate::format::{Header, ModelPin};
 
@@ -62,6 +64,15 @@ pub trait Model: Send + Sync {
         false
     }
 
+    /// Whether a sequence's distributions are the same whatever other sequences share its
+    /// steps (lockstep batches of any composition), so that blocks coded many at a time
+    /// decode one at a time and vice versa. When false, every coder runs one block at a
+    /// time: a block must decode alone, for random access, exactly as it was encoded.
+    /// Default: true (pure-Rust models evaluate each sequence on its own).
+    fn lockstep_exact(&self) -> bool {
+        true
+    }
+
     /// Tokens per second of the bare model for `steps` lockstep steps of `width` sequences:
     /// logits computed but not turned into frequencies, nothing coded. The ceiling coding can
     /// reach for that batch shape (`lmz bench --widths`). `None` for models without a
@@ -71,8 +82,36 @@ pub trait Model: Send + Sync {
     }
 }
 
+/// Where an evaluator's time went: the model's own evaluation, and turning its output into
+/// integer frequency tables. For `lmz bench`'s per-token profile.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EvalProfile {
+    /// Model evaluations (`llama_decode` calls).
+    pub steps: u64,
+    /// Frequency tables produced (one per token fed).
+    pub rows: u64,
+    /// In the model proper, results ready to read.
+    pub model: Duration,
+    /// Logits → frequency tables.
+    pub freqs: Duration,
+}
+
+impl EvalProfile {
+    pub fn add(&mut self, o: &EvalProfile) {
+        self.steps += o.steps;
+        self.rows += o.rows;
+        self.model += o.model;
+        self.freqs += o.freqs;
+    }
+}
+
 /// Several sequences evaluated in lockstep. Every slot starts empty.
 pub trait Evaluator {
+    /// Time spent so far, where the evaluator can separate it (all zero otherwise).
+    fn profile(&self) -> EvalProfile {
+        EvalProfile::default()
+    }
+
     fn width(&self) -> usize;
 
     /// Most tokens a sequence may hold, BOS excluded.

@@ -20,6 +20,19 @@ pub static EXP2_TABLE: [u32; 256] = exp2_table();
 const Q_MAX: u32 = 32 * 256 - 1;
 /// 256 · log2(e), rounded to f32.
 const SCALE: f32 = 256.0 * std::f32::consts::LOG2_E;
+const TWO_23: f32 = 8_388_608.0;
+
+/// `EXP2_TABLE[q & 255] >> (q >> 8)` for every q ≤ Q_MAX: one load per symbol instead of a
+/// load and a variable shift (32 KiB, it stays in L1).
+static EXP2_Q: [u32; Q_MAX as usize + 1] = {
+    let mut t = [0u32; Q_MAX as usize + 1];
+    let mut q = 0;
+    while q <= Q_MAX as usize {
+        t[q] = EXP2_TABLE[q & 255] >> (q >> 8);
+        q += 1;
+    }
+    t
+};
 
 /// `x^(1/256)` of one half, in Q62, by bisection on `y^256 ≤ 1/2` with 128-bit integers;
 /// then `table[i] = round(r^i)` in Q31.
@@ -68,31 +81,61 @@ pub fn logits_to_cum(logits: &[f32], bits: u32, weights: &mut [u32], cum: &mut [
     let n = logits.len();
     let total = weights.len();
     assert!(n >= 1 && total >= n && cum.len() == total + 1 && total < (1 << bits));
-    // NaN compares false both ways and is skipped, so it cannot become the maximum.
+    // This runs once per coded token over the whole vocabulary (49,408 symbols for SmolLM2),
+    // so it is written as straight passes the compiler vectorises: selects instead of
+    // branches, no saturating float→int cast (it does not vectorise), no overflow checks on
+    // sums that cannot overflow. `reference::logits_to_cum` in the tests is the plain
+    // statement of the same function; a test holds the two equal bit for bit.
+    let max = max_logit(logits);
+    let (head, tail) = weights.split_at_mut(n);
+    tail.fill(0);
+    for (w, &l) in head.iter_mut().zip(logits) {
+        let d = (max - l) * SCALE;
+        // NaN fails the comparison, so a NaN logit (or an infinite max) is the least likely
+        // value. Then 0 ≤ d ≤ Q_MAX (d = −0 at the maximum), and ⌊d⌋ is taken exactly:
+        // adding 2^23 rounds d to the nearest integer in the low mantissa bits, and one is
+        // taken off where that rounded up.
+        let d = if d < Q_MAX as f32 { d } else { Q_MAX as f32 };
+        let m = d + TWO_23;
+        // (Never below zero: a d that rounds up is at least 1/2.)
+        *w = (m.to_bits() & 0x7f_ffff).wrapping_sub(u32::from(m - TWO_23 > d));
+    }
+    let mut sum = 0u64;
+    for w in head.iter_mut() {
+        *w = EXP2_Q[(*w & Q_MAX) as usize];
+        sum = sum.wrapping_add(*w as u64);
+    }
+    // The first most likely symbol: weight 2^31 exactly when q = 0; when no symbol has it,
+    // every weight is 0 (max infinite or NaN) and symbol 0 takes the remainder.
+    let best = head.iter().position(|&w| w == 1 << 31).unwrap_or(0);
+    scale_to_cum(weights, sum, best, bits, cum);
+}
+
+/// The largest logit, NaN skipped (−∞ if all are NaN). Eight independent lanes so the loop
+/// vectorises; the result does not depend on the lane split (the maximum of the non-NaN
+/// values; of +0 and −0 either one, and both give the same frequencies).
+fn max_logit(logits: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = logits.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &l) in lanes.iter_mut().zip(c) {
+            *m = if l > *m { l } else { *m };
+        }
+    }
     let mut max = f32::NEG_INFINITY;
-    for &l in logits {
+    for &l in lanes.iter().chain(rest) {
         if l > max {
             max = l;
         }
     }
-    weights[n..].fill(0);
-    for (w, &l) in weights.iter_mut().zip(logits) {
-        let d = (max - l) * SCALE;
-        // `as u32` saturates and maps NaN to 0; a NaN logit (or an infinite max) is treated
-        // as the least likely value instead.
-        let q = if d < Q_MAX as f32 { d as u32 } else { Q_MAX };
-        *w = EXP2_TABLE[(q & 255) as usize] >> (q >> 8);
-    }
-    weights_to_cum(weights, bits, cum);
+    max
 }
 
 /// Scales non-negative integer weights to frequencies summing to exactly `2^bits`, every
 /// frequency ≥ 1, and writes their prefix sums into `cum`. All weights zero gives the
 /// uniform distribution. Shared by every model, so they all obey the same rules.
 pub fn weights_to_cum(weights: &[u32], bits: u32, cum: &mut [u32]) {
-    let n = weights.len() as u64;
-    let total_out = 1u64 << bits;
-    assert!(n < total_out && cum.len() == weights.len() + 1);
     let mut sum = 0u64;
     let mut best = 0usize;
     for (i, &w) in weights.iter().enumerate() {
@@ -101,25 +144,70 @@ pub fn weights_to_cum(weights: &[u32], bits: u32, cum: &mut [u32]) {
             best = i;
         }
     }
+    scale_to_cum(weights, sum, best, bits, cum);
+}
+
+/// [`weights_to_cum`] given the weights' sum and the index of their first maximum, which
+/// gets the rounding remainder.
+fn scale_to_cum(weights: &[u32], sum: u64, best: usize, bits: u32, cum: &mut [u32]) {
+    let n = weights.len() as u64;
+    let total_out = 1u64 << bits;
+    assert!(n < total_out && cum.len() == weights.len() + 1);
     let spare = total_out - n;
     // f = 1 + ⌊w·k / 2^32⌋ with k = ⌊spare·2^32 / sum⌋: one multiplication per symbol instead
-    // of a division, and Σf ≤ 2^bits by construction.
+    // of a division, and Σf ≤ 2^bits by construction (so the running sum cannot wrap).
     let k: u64 = if sum == 0 {
         0
     } else {
         (((spare as u128) << 32) / sum as u128) as u64
     };
-    let mut acc = 0u32;
-    cum[0] = 0;
-    for (i, &w) in weights.iter().enumerate() {
-        acc += 1 + ((w as u64 * k) >> 32) as u32;
-        cum[i + 1] = acc;
-    }
-    let left = (total_out - acc as u64) as u32;
-    if left > 0 {
-        for c in &mut cum[best + 1..] {
-            *c += left;
+    // Frequencies first (independent, so vectorised; k < 2^32 whenever the largest weight is
+    // 2^31, as from logits, and then one 32×32-bit product suffices), the remainder added to
+    // the best symbol, then the prefix sums.
+    let freqs = &mut cum[1..];
+    match u32::try_from(k) {
+        Ok(k) => {
+            for (f, &w) in freqs.iter_mut().zip(weights) {
+                *f = 1 + ((w as u64 * k as u64) >> 32) as u32;
+            }
         }
+        Err(_) => {
+            for (f, &w) in freqs.iter_mut().zip(weights) {
+                *f = 1 + ((w as u64 * k) >> 32) as u32;
+            }
+        }
+    }
+    let used = freqs.iter().fold(0u32, |a, &f| a.wrapping_add(f));
+    freqs[best] += (total_out - used as u64) as u32;
+    cum[0] = 0;
+    let mut acc = 0u32;
+    for c in &mut cum[1..] {
+        acc = acc.wrapping_add(*c);
+        *c = acc;
+    }
+}
+
+/// The plain statement of [`logits_to_cum`], as first written (and as FORMAT.md states it):
+/// the optimised version must give exactly its tables.
+#[cfg(test)]
+mod reference {
+    use super::{weights_to_cum, EXP2_TABLE, Q_MAX, SCALE};
+
+    pub fn logits_to_cum(logits: &[f32], bits: u32, weights: &mut [u32], cum: &mut [u32]) {
+        let n = logits.len();
+        let mut max = f32::NEG_INFINITY;
+        for &l in logits {
+            if l > max {
+                max = l;
+            }
+        }
+        weights[n..].fill(0);
+        for (w, &l) in weights.iter_mut().zip(logits) {
+            let d = (max - l) * SCALE;
+            let q = if d < Q_MAX as f32 { d as u32 } else { Q_MAX };
+            *w = EXP2_TABLE[(q & 255) as usize] >> (q >> 8);
+        }
+        weights_to_cum(weights, bits, cum);
     }
 }
 
@@ -182,5 +270,46 @@ mod tests {
         logits_to_cum(&logits, 24, &mut w, &mut cum);
         assert_eq!(cum[4], 1 << 24);
         assert!(cum.windows(2).all(|p| p[1] > p[0]));
+    }
+
+    /// The fast path gives the reference tables bit for bit: random logits, ties at the
+    /// maximum, ±0, NaN, infinities, escapes, lengths around the 8-lane split.
+    #[test]
+    fn fast_path_matches_reference() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..400 {
+            let n = 1 + (next() % 300) as usize + if case % 50 == 0 { 49_000 } else { 0 };
+            let extra = (next() % 3) as usize * 7;
+            let spread = [0.01f32, 1.0, 10.0, 100.0][case % 4];
+            let mut logits: Vec<f32> = (0..n)
+                .map(|_| ((next() % 20_001) as f32 / 10_000.0 - 1.0) * spread)
+                .collect();
+            match case % 7 {
+                1 => logits
+                    .iter_mut()
+                    .for_each(|l| *l = (*l * 4.0).round() / 4.0),
+                2 => logits[next() as usize % n] = f32::NAN,
+                3 => logits[next() as usize % n] = f32::INFINITY,
+                4 => logits[next() as usize % n] = f32::NEG_INFINITY,
+                5 => {
+                    logits.iter_mut().for_each(|l| *l = -0.0);
+                    logits[next() as usize % n] = 0.0;
+                }
+                6 => logits.iter_mut().for_each(|l| *l = f32::NAN),
+                _ => {}
+            }
+            let total = n + extra;
+            let (mut w1, mut w2) = (vec![7; total], vec![9; total]);
+            let (mut c1, mut c2) = (vec![1; total + 1], vec![2; total + 1]);
+            logits_to_cum(&logits, 24, &mut w1, &mut c1);
+            reference::logits_to_cum(&logits, 24, &mut w2, &mut c2);
+            assert_eq!(c1, c2, "case {case}");
+        }
     }
 }

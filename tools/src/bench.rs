@@ -49,6 +49,7 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         std::fs::read(&args.files[0]).with_context(|| format!("{}", args.files[0].display()))?;
     ensure!(!src.is_empty(), "empty input");
     let mut rows = Vec::new();
+    let mut profiles = Vec::new();
     if !args.json {
         println!("| W | blocks × bytes | tokens | pack tok/s | unpack tok/s | raw llama.cpp tok/s | pack / raw | unpack / raw | pack B/s | unpack B/s |");
         println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -58,16 +59,22 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         let data: Vec<u8> = src.iter().copied().cycle().take(w * bs).collect();
         let plains: Vec<&[u8]> = data.chunks(bs).collect();
         let t0 = Instant::now();
-        let (coded, stats) = lmz::codec::encode_blocks(model, &plains, w, 19)?;
+        let mut ls = lmz::codec::Lockstep::new(model, w);
+        let (coded, stats) = lmz::codec::encode_with(&mut ls, &plains, 19)?;
         let pack_s = t0.elapsed().as_secs_f64();
+        let pack_profile = ls.profile();
+        drop(ls);
         let refs: Vec<lmz::codec::BlockRefData> = coded
             .iter()
             .enumerate()
             .map(|(i, c)| c.as_block(i as u64))
             .collect();
         let t1 = Instant::now();
-        let back = lmz::codec::decode_blocks(model, &refs, w)?;
+        let mut ls = lmz::codec::Lockstep::new(model, w);
+        let back = lmz::codec::decode_with(&mut ls, &refs)?;
         let unpack_s = t1.elapsed().as_secs_f64();
+        let unpack_profile = ls.profile();
+        drop(ls);
         for (r, p) in back.into_iter().zip(&plains) {
             ensure!(&r? == p, "round trip differs");
         }
@@ -79,10 +86,14 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         };
         let pack_tps = stats.tokens as f64 / pack_s;
         let unpack_tps = kept as f64 / unpack_s;
+        let pack_p = profile_json(&pack_profile, pack_s);
+        let unpack_p = profile_json(&unpack_profile, unpack_s);
+        profiles.push((w, pack_p.clone(), unpack_p.clone()));
         let row = serde_json::json!({
             "width": w, "blocks": plains.len(), "block_bytes": bs, "tokens": stats.tokens,
             "pack_tokens_per_s": pack_tps, "unpack_tokens_per_s": unpack_tps, "raw_tokens_per_s": raw,
             "pack_bytes_per_s": data.len() as f64 / pack_s, "unpack_bytes_per_s": data.len() as f64 / unpack_s,
+            "pack_profile": pack_p, "unpack_profile": unpack_p,
         });
         if !args.json {
             let pct = |x: f64| raw.map_or("–".into(), |r| format!("{:.0}%", 100.0 * x / r));
@@ -101,8 +112,52 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!();
+        println!("Per coded token (µs) and share of the run's wall time:");
+        println!();
+        println!("| W | pass | model step | frequency table | range coder | rest (tokenize, zstd, setup) | tokens per model step |");
+        println!("|---:|---|---:|---:|---:|---:|---:|");
+        for (w, pack, unpack) in &profiles {
+            for (pass, p) in [("pack", pack), ("unpack", unpack)] {
+                let cell = |k: &str| {
+                    format!(
+                        "{:.1} ({:.1}%)",
+                        p[k]["us_per_token"].as_f64().unwrap_or(0.0),
+                        p[k]["share"].as_f64().unwrap_or(0.0) * 100.0
+                    )
+                };
+                println!(
+                    "| {w} | {pass} | {} | {} | {} | {} | {:.1} |",
+                    cell("model"),
+                    cell("freqs"),
+                    cell("coder"),
+                    cell("rest"),
+                    p["tokens_per_step"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// A [`lmz::codec::Profile`] per coded token, with each part's share of `wall` seconds.
+fn profile_json(p: &lmz::codec::Profile, wall: f64) -> serde_json::Value {
+    let tokens = p.eval.rows.max(1) as f64;
+    let wall = wall.max(1e-9);
+    let part = |s: f64| serde_json::json!({ "us_per_token": s * 1e6 / tokens, "share": s / wall });
+    let model = p.eval.model.as_secs_f64();
+    let freqs = p.eval.freqs.as_secs_f64();
+    let coder = p.coder.as_secs_f64();
+    serde_json::json!({
+        "tokens": p.eval.rows,
+        "steps": p.eval.steps,
+        "tokens_per_step": p.eval.rows as f64 / p.eval.steps.max(1) as f64,
+        "model": part(model),
+        "freqs": part(freqs),
+        "coder": part(coder),
+        "rest": part((wall - model - freqs - coder).max(0.0)),
+    })
 }
 
 fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
@@ -124,6 +179,12 @@ fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
 pub fn run(args: BenchArgs) -> Result<()> {
     let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
     let model = model.as_deref();
+    if let Some(m) = model {
+        // The once-per-process determinism probes (about a second each on two cores) are
+        // not part of the throughput being measured.
+        m.lockstep_exact();
+        m.chunks_exact();
+    }
     if !args.widths.is_empty() {
         return widths(&args, model);
     }

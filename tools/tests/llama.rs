@@ -193,6 +193,12 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
         m2.chunks_exact(),
         "multi-token steps should be exact for the default model"
     );
+    // And the load-time probe finds lockstep batches exact, so nothing is narrowed to one
+    // block at a time (the encodings below would be identical either way; the speed not).
+    assert!(
+        m2.lockstep_exact(),
+        "lockstep batches should be exact for the default model"
+    );
     let (w1, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 1, 19).unwrap();
     let (w3, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 3, 19).unwrap();
     assert!(w1.iter().all(|c| c.header.codec == Codec::Model));

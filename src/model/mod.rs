@@ -31,6 +31,12 @@ pub trait Model: Send + Sync {
     /// The header for an archive coded with this model (pin plus diagnostics).
     fn header(&self, block_size: u32) -> Header;
 
+    /// Where this model is evaluated (`cpu`, `cuda: <device>`, …), as the header's diagnostic
+    /// `backend` string records it. Models whose results do not depend on it say `rust`.
+    fn backend(&self) -> String {
+        "rust".into()
+    }
+
     /// Splits `bytes` into tokens whose pieces concatenate to exactly `bytes`; `None` when
     /// this model cannot represent them (the block then uses another codec).
     fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>>;

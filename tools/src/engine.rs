@@ -59,6 +59,16 @@ pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn
             found: format!("the model loaded has settings {:?}", model.pin()),
         });
     }
+    // The backend is a diagnostic, not part of the pin (FORMAT.md §4.2): another one may
+    // compute other logits, which the block CRCs then catch. Say so before that happens.
+    let ours = model.backend();
+    if !h.backend.is_empty() && h.backend != ours {
+        log::warn!(
+            "the archive was written on {} and this lmz evaluates on {ours}: llama.cpp's results \
+             can differ between backends and devices, so model-coded blocks may fail their checks",
+            h.backend
+        );
+    }
     Ok(Some(model))
 }
 

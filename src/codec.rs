@@ -229,7 +229,7 @@ impl<'m> Lockstep<'m> {
             .model
             .ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
         let mut need = self.width.min(jobs.len()).max(1);
-        if need > 1 && !model.lockstep_exact() {
+        if need > 1 && !model.lockstep_exact(self.width) {
             // A model whose kernels are not batch-invariant: one block at a time, so the
             // distributions are those a lone decoder (a random read) sees.
             if !self.narrowed {
@@ -698,7 +698,7 @@ mod tests {
                 assert_eq!(width, 1, "a non-invariant model was batched");
                 self.0.evaluator(width, tokens, chunk)
             }
-            fn lockstep_exact(&self) -> bool {
+            fn lockstep_exact(&self, _width: usize) -> bool {
                 false
             }
         }

@@ -53,6 +53,9 @@ fn backend_in_use() -> String {
         )
 }
 
+/// Sequences in the lockstep probe: batches of 1 to this many rows are checked.
+const PROBE_SEQS: usize = 10;
+
 /// What the determinism probes evaluate: ordinary English, so the distributions are those of
 /// real use.
 const PROBE_TEXT: &[u8] =
@@ -122,6 +125,8 @@ pub struct LlamaLm {
     chunks_exact: OnceLock<bool>,
     /// Result of [`LlamaLm::probe_lockstep`], run on first need.
     lockstep_exact: OnceLock<bool>,
+    /// Results of [`LlamaLm::probe_wide`] by width.
+    wide_exact: std::sync::Mutex<Vec<(usize, bool)>>,
     /// Checksums of the frequency tables of [`PROBE_TEXT`] evaluated alone, one token per
     /// step: the reference both probes compare against.
     reference: OnceLock<Result<Vec<u32>>>,
@@ -196,6 +201,7 @@ impl LlamaLm {
             backend: backend_in_use(),
             chunks_exact: OnceLock::new(),
             lockstep_exact: OnceLock::new(),
+            wide_exact: std::sync::Mutex::new(Vec::new()),
             reference: OnceLock::new(),
         })
     }
@@ -327,8 +333,11 @@ impl Model for LlamaLm {
         Ok(Box::new(self.new_eval(width, tokens, chunk)?))
     }
 
-    fn lockstep_exact(&self) -> bool {
-        *self
+    fn lockstep_exact(&self, width: usize) -> bool {
+        if width <= 1 {
+            return true;
+        }
+        let small = *self
             .lockstep_exact
             .get_or_init(|| match self.probe_lockstep() {
                 Ok(exact) => {
@@ -343,7 +352,26 @@ impl Model for LlamaLm {
                     );
                     false
                 }
-            })
+            });
+        if !small || width <= PROBE_SEQS {
+            return small;
+        }
+        let mut wide = self.wide_exact.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(_, exact)) = wide.iter().find(|&&(w, _)| w >= width) {
+            return exact;
+        }
+        let exact = match self.probe_wide(width) {
+            Ok(exact) => exact,
+            Err(e) => {
+                log::warn!("could not probe batches of {width} ({e}); coding one block at a time");
+                false
+            }
+        };
+        if !exact {
+            log::info!("batches of {width} sequences change this model's logits on this build");
+        }
+        wide.push((width, exact));
+        exact
     }
 
     fn chunks_exact(&self) -> bool {
@@ -432,7 +460,7 @@ impl LlamaLm {
     /// fails with eight), so the sizes must reach past both. Measured true for
     /// Q4_0/Q4_1/Q8_0 weights on CPU (../shared/llama-facts.md).
     fn probe_lockstep(&self) -> Result<bool> {
-        const SEQS: usize = 10;
+        const SEQS: usize = PROBE_SEQS;
         const LEN: usize = 16;
         let reference = self.reference()?;
         let toks = self.probe_tokens();
@@ -452,6 +480,29 @@ impl LlamaLm {
                 if table_sum(&rows[i]) != reference[step - slot] {
                     return Ok(false);
                 }
+            }
+        }
+        Ok(true)
+    }
+
+    /// For widths past [`probe_lockstep`](Self::probe_lockstep)'s ten rows: `width`
+    /// sequences of four tokens, all in every step, against the reference. GPU backends in
+    /// particular choose kernels by batch size (vector kernels for a few rows, tiled ones
+    /// above), so the widths in use are checked, not just the small ones. Batch sizes in
+    /// between are left to the block CRCs.
+    fn probe_wide(&self, width: usize) -> Result<bool> {
+        let reference = self.reference()?;
+        let toks = self.probe_tokens();
+        let n = 4.min(toks.len());
+        let mut e = self.new_eval(width, n, 1)?;
+        let mut rows = vec![Vec::new(); width];
+        let mut feed = Vec::with_capacity(width);
+        for (k, &t) in toks[..n].iter().enumerate() {
+            feed.clear();
+            feed.extend((0..width).map(|slot| (slot, t)));
+            e.step(&feed, &mut rows)?;
+            if rows.iter().any(|r| table_sum(r) != reference[k]) {
+                return Ok(false);
             }
         }
         Ok(true)

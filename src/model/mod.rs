@@ -71,11 +71,11 @@ pub trait Model: Send + Sync {
     }
 
     /// Whether a sequence's distributions are the same whatever other sequences share its
-    /// steps (lockstep batches of any composition), so that blocks coded many at a time
-    /// decode one at a time and vice versa. When false, every coder runs one block at a
-    /// time: a block must decode alone, for random access, exactly as it was encoded.
+    /// steps, in lockstep batches of up to `width` sequences, so that blocks coded many at a
+    /// time decode one at a time and vice versa. When false, coders run one block at a time:
+    /// a block must decode alone, for random access, exactly as it was encoded.
     /// Default: true (pure-Rust models evaluate each sequence on its own).
-    fn lockstep_exact(&self) -> bool {
+    fn lockstep_exact(&self, _width: usize) -> bool {
         true
     }
 

@@ -182,7 +182,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(m) = model {
         // The once-per-process determinism probes (about a second each on two cores) are
         // not part of the throughput being measured.
-        m.lockstep_exact();
+        let widest = args.widths.iter().copied().max().unwrap_or(args.m.batch);
+        m.lockstep_exact(widest.max(args.m.batch));
         m.chunks_exact();
     }
     if !args.widths.is_empty() {

@@ -196,7 +196,7 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
     // And the load-time probe finds lockstep batches exact, so nothing is narrowed to one
     // block at a time (the encodings below would be identical either way; the speed not).
     assert!(
-        m2.lockstep_exact(),
+        m2.lockstep_exact(16),
         "lockstep batches should be exact for the default model"
     );
     let (w1, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 1, 19).unwrap();
@@ -319,7 +319,7 @@ fn model_that_is_not_batch_invariant_is_coded_one_block_at_a_time() {
     let file = resolve(Some(std::path::Path::new("gemma3-270m")), Want::Default).unwrap();
     let m = lmz::model::llama::load(&file, 300, 2).unwrap();
     assert!(
-        !m.lockstep_exact(),
+        !m.lockstep_exact(4),
         "Q4_K lockstep batches were measured not exact"
     );
     assert!(!m.chunks_exact());

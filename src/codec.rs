@@ -164,7 +164,7 @@ trait Job {
 /// Tokens fed to one slot per step when encoding with a model whose multi-token steps are
 /// exact (measured on 2 cores: 8 × 16 tokens per step ran 360 tokens/s where one token per
 /// step ran 270 at best).
-const ENCODE_CHUNK: usize = 16;
+pub const ENCODE_CHUNK: usize = 16;
 
 /// Where the time of model coding went (`lmz bench`): the evaluator's share (model and
 /// frequency tables) and the range coder's, for every token coded or decoded.

@@ -389,36 +389,45 @@ impl Model for LlamaLm {
         })
     }
 
-    fn raw_tokens_per_second(&self, width: usize, steps: usize) -> Result<Option<f64>> {
-        let mut e = self.new_eval(width, steps, 1)?;
-        let steps = steps.min(e.limit as usize);
+    fn raw_tokens_per_second(
+        &self,
+        width: usize,
+        tokens: usize,
+        chunk: usize,
+    ) -> Result<Option<f64>> {
+        let chunk = chunk.max(1);
+        let mut e = self.new_eval(width, tokens, chunk)?;
+        let tokens = tokens.clamp(1, e.limit as usize);
         let start = std::time::Instant::now();
-        for k in 0..steps {
+        let mut fed = 0;
+        for k in (0..tokens).step_by(chunk) {
             e.batch.clear();
+            let n = chunk.min(tokens - k);
             for slot in 0..e.pos.len() {
-                // Any valid tokens will do: the cost of a step does not depend on them.
-                let tok = if k == 0 {
-                    self.pin.bos
-                } else {
-                    ((k * 7919 + slot * 104_729) % self.n_model) as u32
-                };
-                e.batch
-                    .add(LlamaToken(tok as i32), k as i32, &[slot as i32], true)
-                    .map_err(|err| Error::ModelEval {
-                        detail: err.to_string(),
-                    })?;
+                for p in k..k + n {
+                    // Any valid tokens will do: the cost of a step does not depend on them.
+                    let tok = if p == 0 {
+                        self.pin.bos
+                    } else {
+                        ((p * 7919 + slot * 104_729) % self.n_model) as u32
+                    };
+                    e.batch
+                        .add(LlamaToken(tok as i32), p as i32, &[slot as i32], true)
+                        .map_err(|err| Error::ModelEval {
+                            detail: err.to_string(),
+                        })?;
+                }
             }
             e.ctx.decode(&mut e.batch).map_err(|err| Error::ModelEval {
                 detail: err.to_string(),
             })?;
-            // Reading one logit per sequence waits for the results, as coding would.
-            for i in 0..e.pos.len() {
-                std::hint::black_box(e.ctx.get_logits_ith(i as i32)[0]);
+            // Reading one logit per row waits for the results, as coding would.
+            for i in 0..e.batch.n_tokens() {
+                std::hint::black_box(e.ctx.get_logits_ith(i)[0]);
             }
+            fed += n * e.pos.len();
         }
-        Ok(Some(
-            (steps * e.pos.len()) as f64 / start.elapsed().as_secs_f64(),
-        ))
+        Ok(Some(fed as f64 / start.elapsed().as_secs_f64()))
     }
 }
 

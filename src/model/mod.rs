@@ -79,11 +79,16 @@ pub trait Model: Send + Sync {
         true
     }
 
-    /// Tokens per second of the bare model for `steps` lockstep steps of `width` sequences:
-    /// logits computed but not turned into frequencies, nothing coded. The ceiling coding can
-    /// reach for that batch shape (`lmz bench --widths`). `None` for models without a
-    /// separable evaluation cost.
-    fn raw_tokens_per_second(&self, _width: usize, _steps: usize) -> Result<Option<f64>> {
+    /// Tokens per second of the bare model evaluating `width` sequences of `tokens` tokens
+    /// in lockstep, `chunk` tokens of each per step: logits computed but not turned into
+    /// frequencies, nothing coded. The ceiling coding can reach for that batch shape
+    /// (`lmz bench --widths`). `None` for models without a separable evaluation cost.
+    fn raw_tokens_per_second(
+        &self,
+        _width: usize,
+        _tokens: usize,
+        _chunk: usize,
+    ) -> Result<Option<f64>> {
         Ok(None)
     }
 }

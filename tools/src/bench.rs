@@ -51,8 +51,8 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
     let mut rows = Vec::new();
     let mut profiles = Vec::new();
     if !args.json {
-        println!("| W | blocks × bytes | tokens | pack tok/s | unpack tok/s | raw llama.cpp tok/s | pack / raw | unpack / raw | pack B/s | unpack B/s |");
-        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| W | blocks × bytes | tokens | pack tok/s | raw llama.cpp, pack's steps | pack / raw | unpack tok/s | raw llama.cpp, 1 token per step | unpack / raw | pack B/s | unpack B/s |");
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
     for &w in &args.widths {
         let bs = args.block_size as usize;
@@ -79,11 +79,21 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
             ensure!(&r? == p, "round trip differs");
         }
         let kept: u64 = coded.iter().map(|c| c.header.tokens as u64).sum();
-        let steps = (stats.tokens as usize).div_ceil(w.max(1));
-        let raw = match model {
-            Some(m) => m.raw_tokens_per_second(w, steps)?,
-            None => None,
+        // The bare model for the same batch shapes: decoders feed one token per sequence per
+        // step; encoders, where the model allows, `ENCODE_CHUNK`.
+        let per_seq = (stats.tokens as usize).div_ceil(w.max(1));
+        let (raw, raw_chunked) = match model {
+            Some(m) => (
+                m.raw_tokens_per_second(w, per_seq, 1)?,
+                if pack_profile.eval.rows > pack_profile.eval.steps * w as u64 {
+                    m.raw_tokens_per_second(w, per_seq, lmz::codec::ENCODE_CHUNK)?
+                } else {
+                    None
+                },
+            ),
+            None => (None, None),
         };
+        let raw_pack = raw_chunked.or(raw);
         let pack_tps = stats.tokens as f64 / pack_s;
         let unpack_tps = kept as f64 / unpack_s;
         let pack_p = profile_json(&pack_profile, pack_s);
@@ -91,19 +101,24 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         profiles.push((w, pack_p.clone(), unpack_p.clone()));
         let row = serde_json::json!({
             "width": w, "blocks": plains.len(), "block_bytes": bs, "tokens": stats.tokens,
-            "pack_tokens_per_s": pack_tps, "unpack_tokens_per_s": unpack_tps, "raw_tokens_per_s": raw,
+            "pack_tokens_per_s": pack_tps, "unpack_tokens_per_s": unpack_tps,
+            "raw_tokens_per_s": raw, "raw_pack_shape_tokens_per_s": raw_pack,
             "pack_bytes_per_s": data.len() as f64 / pack_s, "unpack_bytes_per_s": data.len() as f64 / unpack_s,
             "pack_profile": pack_p, "unpack_profile": unpack_p,
         });
         if !args.json {
-            let pct = |x: f64| raw.map_or("–".into(), |r| format!("{:.0}%", 100.0 * x / r));
+            let num = |r: Option<f64>| r.map_or("–".into(), |r| format!("{r:.1}"));
+            let pct = |x: f64, r: Option<f64>| {
+                r.map_or("–".into(), |r| format!("{:.0}%", 100.0 * x / r))
+            };
             println!(
-                "| {w} | {} × {bs} | {} | {pack_tps:.1} | {unpack_tps:.1} | {} | {} | {} | {:.0} | {:.0} |",
+                "| {w} | {} × {bs} | {} | {pack_tps:.1} | {} | {} | {unpack_tps:.1} | {} | {} | {:.0} | {:.0} |",
                 plains.len(),
                 stats.tokens,
-                raw.map_or("–".into(), |r| format!("{r:.1}")),
-                pct(pack_tps),
-                pct(unpack_tps),
+                num(raw_pack),
+                pct(pack_tps, raw_pack),
+                num(raw),
+                pct(unpack_tps, raw),
                 data.len() as f64 / pack_s,
                 data.len() as f64 / unpack_s,
             );

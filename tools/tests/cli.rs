@@ -239,3 +239,39 @@ fn usage_and_io_errors_have_their_exit_codes() {
     // Not an archive at all.
     run_fail(lmz().args(["list"]).arg(&f), 4);
 }
+
+/// An archive whose header says it was written on another backend (as one written on a GPU
+/// would) still decodes when its tables match, but the user is told first why blocks may
+/// fail; the string is a diagnostic and changes nothing else (FORMAT.md §4.2).
+#[test]
+fn other_backend_in_header_is_reported_before_decoding() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("notes.txt");
+    let text = b"a plain note, coded by the built-in order-1 model\n".repeat(40);
+    std::fs::write(&src, &text).unwrap();
+    let a = t.path().join("a.lmz");
+    run(lmz()
+        .args(["pack", "--engine", "order1", "-o"])
+        .arg(&a)
+        .arg(&src));
+    let mut bytes = std::fs::read(&a).unwrap();
+    let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    // The second string, `backend`: "rust" for the order-1 model; same length, so nothing
+    // else moves. Then the header CRC is made right again.
+    let at = bytes[80..header_len]
+        .windows(6)
+        .position(|w| w == b"\x04\x00rust")
+        .expect("backend string")
+        + 82;
+    bytes[at..at + 4].copy_from_slice(b"cuda");
+    let crc = crc32fast::hash(&bytes[..header_len - 4]);
+    bytes[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&a, &bytes).unwrap();
+    let out = run(lmz().args(["cat"]).arg(&a).arg("notes.txt"));
+    assert_eq!(out.stdout, text);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("written on cuda") && said.contains("evaluates on rust"),
+        "{said}"
+    );
+}

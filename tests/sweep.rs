@@ -103,7 +103,7 @@ fn stream(bytes: &[u8], files: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, lmz::Error
                 .then(|| Box::new(Order1::new(h.pin.max_block_tokens)) as Box<dyn Model>);
             Ok((m, Extractor::new(&dest, ExtractOptions::default())?))
         },
-        2,
+        Some(2),
     )?;
     let mut all = true;
     for (p, d) in files {

@@ -1784,7 +1784,7 @@ fn stream_extract(path: &Path, dest: &Path) -> Result<StreamStats, Error> {
                 Extractor::new(&dest, ExtractOptions::default())?,
             ))
         },
-        2,
+        Some(2),
     )
 }
 

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
                 .then(|| Box::new(Order1::new(h.pin.max_block_tokens)) as Box<dyn Model>);
             Ok((m, Extractor::new(&dest, ExtractOptions::default())?))
         },
-        2,
+        Some(2),
     );
     // Only `dest` was ever created beside it.
     assert!(count(root.path()) <= 1);

@@ -77,10 +77,11 @@ pub type Setup<'m> = (Option<Box<dyn Model + 'm>>, Extractor);
 
 /// Extracts the archive read from `r`. `setup` is called once with the header: it loads and
 /// checks the model and only then creates the extractor, so a wrong model writes nothing.
+/// `width` blocks are decoded in lockstep (`None`: the model's default).
 pub fn extract_stream<'m, R: Read>(
     r: R,
     setup: impl FnOnce(&Header) -> Result<Setup<'m>>,
-    width: usize,
+    width: Option<usize>,
 ) -> Result<StreamStats> {
     let mut inp = Input { r, pos: 0 };
     let mut head = vec![0u8; 16];
@@ -111,6 +112,7 @@ pub fn extract_stream<'m, R: Read>(
     let mut routed = 0u64;
     let mut stats = StreamStats::default();
 
+    let width = width.unwrap_or_else(|| model.map_or(1, |m| m.default_width()));
     let mut ls = Lockstep::new(model, width);
     let mut flush = |queue: &mut Vec<Queued>, routed: &mut u64, ex: &mut Extractor| -> Result<()> {
         if queue.is_empty() {

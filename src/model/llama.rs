@@ -283,6 +283,16 @@ impl Model for LlamaLm {
         self.backend.clone()
     }
 
+    fn default_width(&self) -> usize {
+        // On two CPU cores lockstep gains flatten out past 8 sequences (README, batch-width
+        // table) while KV memory grows with each; a GPU only starts to fill at dozens.
+        if self.backend == "cpu" {
+            8
+        } else {
+            64
+        }
+    }
+
     fn header(&self, block_size: u32) -> Header {
         Header {
             block_size,

@@ -37,6 +37,12 @@ pub trait Model: Send + Sync {
         "rust".into()
     }
 
+    /// Blocks to evaluate together when the user does not say (`--batch`): enough to fill the
+    /// backend, few enough for its memory (every sequence holds a KV cache for its block).
+    fn default_width(&self) -> usize {
+        8
+    }
+
     /// Splits `bytes` into tokens whose pieces concatenate to exactly `bytes`; `None` when
     /// this model cannot represent them (the block then uses another codec).
     fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>>;

@@ -197,8 +197,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(m) = model {
         // The once-per-process determinism probes (about a second each on two cores) are
         // not part of the throughput being measured.
-        let widest = args.widths.iter().copied().max().unwrap_or(args.m.batch);
-        m.lockstep_exact(widest.max(args.m.batch));
+        let widest = args.widths.iter().copied().max().unwrap_or(1);
+        m.lockstep_exact(widest.max(args.m.width(Some(m))));
         m.chunks_exact();
     }
     if !args.widths.is_empty() {
@@ -218,7 +218,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let opts = WriterOptions {
             block_size: args.block_size,
-            width: args.m.batch.max(1),
+            width: args.m.width(model),
             zstd_level: 19,
         };
         let t0 = Instant::now();
@@ -241,7 +241,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let t1 = Instant::now();
         let a = Archive::from_bytes(bytes)?;
         let mut back = Vec::with_capacity(data.len());
-        for r in a.decode_blocks(model, 0..a.block_count(), args.m.batch)? {
+        for r in a.decode_blocks(model, 0..a.block_count(), args.m.width(model))? {
             back.extend_from_slice(&r?);
         }
         let unpack_s = t1.elapsed().as_secs_f64();

@@ -49,9 +49,18 @@ struct ModelArgs {
     /// Inference threads (at most the number of cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Blocks evaluated together, one model sequence each.
-    #[arg(long, value_name = "W", default_value_t = 8)]
-    batch: usize,
+    /// Blocks evaluated together, one model sequence each (default: 8 on a CPU, 64 on a GPU).
+    #[arg(long, value_name = "W")]
+    batch: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Lockstep width: `--batch`, else what the model's backend suits.
+    fn width(&self, model: Option<&dyn lmz::model::Model>) -> usize {
+        self.batch
+            .unwrap_or_else(|| model.map_or(1, |m| m.default_width()))
+            .max(1)
+    }
 }
 
 #[derive(Subcommand)]
@@ -262,7 +271,7 @@ fn unpack(archive: &Path, dir: &Path, overwrite: bool, m: &ModelArgs) -> Result<
     let model = model.as_deref();
     a.check_model(model)?;
     let mut ex = Extractor::new(dir, extract_options(overwrite))?;
-    let mut ls = lmz::codec::Lockstep::new(model, m.batch);
+    let mut ls = lmz::codec::Lockstep::new(model, m.width(model));
     for e in a.entries() {
         ex.begin(e)
             .with_context(|| format!("extracting {}", String::from_utf8_lossy(&e.path)))?;
@@ -400,7 +409,7 @@ fn cat(
         idx,
         offset,
         length.unwrap_or(u64::MAX),
-        m.batch,
+        m.width(model.as_deref()),
     )?;
     std::io::stdout().lock().write_all(&bytes)?;
     if stats {
@@ -438,7 +447,7 @@ fn verify(archive: &Path, m: &ModelArgs) -> Result<()> {
     let a = open_archive(archive).with_context(|| format!("reading {}", archive.display()))?;
     let model = engine::load_for_archive(a.header(), m)?;
     a.check_model(model.as_deref())?;
-    let mut ls = lmz::codec::Lockstep::new(model.as_deref(), m.batch);
+    let mut ls = lmz::codec::Lockstep::new(model.as_deref(), m.width(model.as_deref()));
     let mut bad = 0usize;
     let mut first: Option<lmz::Error> = None;
     each_block(&a, &mut ls, |i, r| match r {

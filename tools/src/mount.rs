@@ -127,7 +127,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             // decodes a batch one block after another, so a reader would wait for the
             // whole batch.
             batch: match archive.header().pin.kind {
-                ModelKind::Llama => args.m.batch.max(1),
+                ModelKind::Llama => args.m.width(model.as_deref()),
                 _ => 1,
             },
             ..Default::default()

@@ -121,7 +121,7 @@ fn write_all<W: Write>(
 ) -> Result<W> {
     let opts = WriterOptions {
         block_size: args.block_size,
-        width: args.m.batch.max(1),
+        width: args.m.width(model),
         zstd_level: args.zstd_level,
     };
     let mut w = Writer::new(out, model, opts)?;

@@ -199,6 +199,10 @@ fn lockstep_width_and_threads_do_not_change_a_bit() {
         m2.lockstep_exact(16),
         "lockstep batches should be exact for the default model"
     );
+    // This build evaluates on the CPU, says so in headers, and batches 8 blocks by default.
+    assert_eq!(m2.backend(), "cpu");
+    assert_eq!(m2.default_width(), 8);
+    assert_eq!(m2.header(2048).backend, "cpu");
     let (w1, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 1, 19).unwrap();
     let (w3, _) = encode_blocks(Some(&m2 as &dyn Model), &plains, 3, 19).unwrap();
     assert!(w1.iter().all(|c| c.header.codec == Codec::Model));

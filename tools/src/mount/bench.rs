@@ -493,7 +493,7 @@ pub fn run(args: BenchMountArgs) -> Result<()> {
         let m = ModelArgs {
             model: None,
             threads: None,
-            batch: 8,
+            batch: Some(8),
         };
         let model = engine::load_for_pack(Engine::Order1, args.block_size, &m)?;
         let opts = WriterOptions {

@@ -367,7 +367,8 @@ impl Model for LlamaLm {
             return small;
         }
         let mut wide = self.wide_exact.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&(_, exact)) = wide.iter().find(|&&(w, _)| w >= width) {
+        // Kernels are chosen by batch size, so one width proves nothing about another.
+        if let Some(&(_, exact)) = wide.iter().find(|&&(w, _)| w == width) {
             return exact;
         }
         let exact = match self.probe_wide(width) {

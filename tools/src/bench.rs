@@ -197,8 +197,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(m) = model {
         // The once-per-process determinism probes (about a second each on two cores) are
         // not part of the throughput being measured.
-        let widest = args.widths.iter().copied().max().unwrap_or(1);
-        m.lockstep_exact(widest.max(args.m.width(Some(m))));
+        for &w in args.widths.iter().chain([&args.m.width(Some(m))]) {
+            m.lockstep_exact(w);
+        }
         m.chunks_exact();
     }
     if !args.widths.is_empty() {

@@ -102,6 +102,7 @@ pub fn logits_to_cum(logits: &[f32], bits: u32, weights: &mut [u32], cum: &mut [
     }
     let mut sum = 0u64;
     for w in head.iter_mut() {
+        // q ≤ Q_MAX = 2^13 − 1 already; the mask only spares the bounds check.
         *w = EXP2_Q[(*w & Q_MAX) as usize];
         sum = sum.wrapping_add(*w as u64);
     }
@@ -189,9 +190,11 @@ fn scale_to_cum(weights: &[u32], sum: u64, best: usize, bits: u32, cum: &mut [u3
 
 /// The plain statement of [`logits_to_cum`], as first written (and as FORMAT.md states it):
 /// the optimised version must give exactly its tables.
+/// The plain statement of [`logits_to_cum`] and [`weights_to_cum`], as first written (and as
+/// FORMAT.md states them): the optimised versions must give exactly their tables.
 #[cfg(test)]
 mod reference {
-    use super::{weights_to_cum, EXP2_TABLE, Q_MAX, SCALE};
+    use super::{EXP2_TABLE, Q_MAX, SCALE};
 
     pub fn logits_to_cum(logits: &[f32], bits: u32, weights: &mut [u32], cum: &mut [u32]) {
         let n = logits.len();
@@ -208,6 +211,37 @@ mod reference {
             *w = EXP2_TABLE[(q & 255) as usize] >> (q >> 8);
         }
         weights_to_cum(weights, bits, cum);
+    }
+
+    pub fn weights_to_cum(weights: &[u32], bits: u32, cum: &mut [u32]) {
+        let n = weights.len() as u64;
+        let total_out = 1u64 << bits;
+        let mut sum = 0u64;
+        let mut best = 0usize;
+        for (i, &w) in weights.iter().enumerate() {
+            sum += w as u64;
+            if w > weights[best] {
+                best = i;
+            }
+        }
+        let spare = total_out - n;
+        let k: u64 = if sum == 0 {
+            0
+        } else {
+            (((spare as u128) << 32) / sum as u128) as u64
+        };
+        let mut acc = 0u32;
+        cum[0] = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            acc += 1 + ((w as u64 * k) >> 32) as u32;
+            cum[i + 1] = acc;
+        }
+        let left = (total_out - acc as u64) as u32;
+        if left > 0 {
+            for c in &mut cum[best + 1..] {
+                *c += left;
+            }
+        }
     }
 }
 
@@ -309,6 +343,31 @@ mod tests {
             let (mut c1, mut c2) = (vec![1; total + 1], vec![2; total + 1]);
             logits_to_cum(&logits, 24, &mut w1, &mut c1);
             reference::logits_to_cum(&logits, 24, &mut w2, &mut c2);
+            assert_eq!(c1, c2, "case {case}");
+        }
+    }
+
+    /// `weights_to_cum` (the order-1 model's path, where the scale factor may need 64 bits)
+    /// against the reference: small and large weights, ties, zeros.
+    #[test]
+    fn weights_path_matches_reference() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..300 {
+            let n = 1 + (next() % 400) as usize;
+            let top = [1u64, 3, 255, 65_535, 1 << 31, u32::MAX as u64][case % 6];
+            let mut weights: Vec<u32> = (0..n).map(|_| (next() % (top + 1)) as u32).collect();
+            if case % 5 == 0 {
+                weights.iter_mut().for_each(|w| *w = 0);
+            }
+            let (mut c1, mut c2) = (vec![0; n + 1], vec![0; n + 1]);
+            weights_to_cum(&weights, 24, &mut c1);
+            reference::weights_to_cum(&weights, 24, &mut c2);
             assert_eq!(c1, c2, "case {case}");
         }
     }

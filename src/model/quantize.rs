@@ -249,6 +249,16 @@ mod reference {
 mod tests {
     use super::*;
 
+    /// A small deterministic generator for the randomised comparisons.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     #[test]
     fn table_is_exact_powers_of_two() {
         assert_eq!(EXP2_TABLE[0], 1 << 31);
@@ -310,13 +320,7 @@ mod tests {
     /// maximum, ±0, NaN, infinities, escapes, lengths around the 8-lane split.
     #[test]
     fn fast_path_matches_reference() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         for case in 0..400 {
             let n = 1 + (next() % 300) as usize + if case % 50 == 0 { 49_000 } else { 0 };
             let extra = (next() % 3) as usize * 7;
@@ -351,13 +355,7 @@ mod tests {
     /// against the reference: small and large weights, ties, zeros.
     #[test]
     fn weights_path_matches_reference() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         for case in 0..300 {
             let n = 1 + (next() % 400) as usize;
             let top = [1u64, 3, 255, 65_535, 1 << 31, u32::MAX as u64][case % 6];

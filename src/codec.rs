@@ -188,11 +188,13 @@ pub struct Lockstep<'m> {
 }
 
 impl<'m> Lockstep<'m> {
-    /// Up to `width` blocks in flight; `model` may be `None` for archives without a model.
+    /// Up to `width` blocks in flight, at most the model's [`Model::max_width`]; `model` may
+    /// be `None` for archives without a model.
     pub fn new(model: Option<&'m dyn Model>, width: usize) -> Lockstep<'m> {
+        let max = model.map_or(usize::MAX, |m| m.max_width().max(1));
         Lockstep {
             model,
-            width: width.max(1),
+            width: width.clamp(1, max),
             eval: None,
             profile: Profile::default(),
             narrowed: false,
@@ -671,49 +673,88 @@ mod tests {
         assert!(decode_all(&m, &coded, 1)[0].is_err());
     }
 
-    /// A model that says it is not batch-invariant is only ever evaluated one block at a
-    /// time, whatever width the caller asks for, and still codes every block.
-    #[test]
-    fn model_that_is_not_batch_invariant_runs_one_block_at_a_time() {
-        struct Narrow(Order1);
-        impl Model for Narrow {
-            fn pin(&self) -> crate::format::ModelPin {
-                self.0.pin()
-            }
-            fn header(&self, block_size: u32) -> crate::format::Header {
-                self.0.header(block_size)
-            }
-            fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>> {
-                self.0.tokenize(bytes)
-            }
-            fn piece(&self, t: Token) -> &[u8] {
-                self.0.piece(t)
-            }
-            fn evaluator(
-                &self,
-                width: usize,
-                tokens: usize,
-                chunk: usize,
-            ) -> Result<Box<dyn Evaluator + '_>> {
-                assert_eq!(width, 1, "a non-invariant model was batched");
-                self.0.evaluator(width, tokens, chunk)
-            }
-            fn lockstep_exact(&self, _width: usize) -> bool {
-                false
-            }
+    /// The order-1 model with a width limit, or declaring itself not batch-invariant; it
+    /// fails any request for an evaluator wider than it allows.
+    struct Limited {
+        inner: Order1,
+        max: usize,
+        invariant: bool,
+    }
+
+    impl Model for Limited {
+        fn pin(&self) -> crate::format::ModelPin {
+            self.inner.pin()
         }
-        let m = Narrow(Order1::default());
-        let texts: Vec<Vec<u8>> = (0..5).map(|i| markov_text(i + 40, 300)).collect();
+        fn header(&self, block_size: u32) -> crate::format::Header {
+            self.inner.header(block_size)
+        }
+        fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>> {
+            self.inner.tokenize(bytes)
+        }
+        fn piece(&self, t: Token) -> &[u8] {
+            self.inner.piece(t)
+        }
+        fn max_width(&self) -> usize {
+            self.max
+        }
+        fn evaluator(
+            &self,
+            width: usize,
+            tokens: usize,
+            chunk: usize,
+        ) -> Result<Box<dyn Evaluator + '_>> {
+            let allowed = if self.invariant { self.max } else { 1 };
+            assert!(
+                width <= allowed,
+                "evaluator of width {width} asked for, at most {allowed} allowed"
+            );
+            self.inner.evaluator(width, tokens, chunk)
+        }
+        fn lockstep_exact(&self, _width: usize) -> bool {
+            self.invariant
+        }
+    }
+
+    /// Codes `texts` with `m` at width 4 and decodes them at width 3: the payloads are those
+    /// of the unrestricted model in lockstep, and the round trip exact.
+    fn same_as_unrestricted(m: &Limited, texts: &[Vec<u8>]) {
         let plains: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
-        let (coded, _) = encode_blocks(Some(&m), &plains, 4, 19).unwrap();
+        let (coded, _) = encode_blocks(Some(m), &plains, 4, 19).unwrap();
         assert!(coded.iter().all(|c| c.header.codec == Codec::Model));
-        // The same bytes as an invariant model coding them in lockstep.
         let (wide, _) = encode_blocks(Some(&Order1::default()), &plains, 4, 19).unwrap();
         for (a, b) in coded.iter().zip(&wide) {
             assert_eq!(a.payload, b.payload);
         }
-        for (r, t) in decode_all(&m, &coded, 3).into_iter().zip(&texts) {
+        for (r, t) in decode_all(m, &coded, 3).into_iter().zip(texts) {
             assert_eq!(&r.unwrap(), t);
         }
+    }
+
+    /// A model that says it is not batch-invariant is only ever evaluated one block at a
+    /// time, whatever width the caller asks for, and still codes every block.
+    #[test]
+    fn model_that_is_not_batch_invariant_runs_one_block_at_a_time() {
+        let m = Limited {
+            inner: Order1::default(),
+            max: usize::MAX,
+            invariant: false,
+        };
+        let texts: Vec<Vec<u8>> = (0..5).map(|i| markov_text(i + 40, 300)).collect();
+        same_as_unrestricted(&m, &texts);
+    }
+
+    /// Asking for more blocks in flight than the model holds (llama.cpp: 256 sequences) runs
+    /// as many as it holds, rather than failing to create the evaluator.
+    #[test]
+    fn width_is_cut_to_what_the_model_holds() {
+        let m = Limited {
+            inner: Order1::default(),
+            max: 2,
+            invariant: true,
+        };
+        assert_eq!(Lockstep::new(Some(&m), 5).width(), 2);
+        assert_eq!(Lockstep::new(Some(&m), 0).width(), 1);
+        let texts: Vec<Vec<u8>> = (0..5).map(|i| markov_text(i + 60, 300)).collect();
+        same_as_unrestricted(&m, &texts);
     }
 }

@@ -21,7 +21,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::fetch::ModelFile;
-use super::quantize::logits_to_cum;
+use super::tables::Tables;
 use super::{EvalProfile, Evaluator, Model, Token};
 use crate::error::{Error, Result};
 use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
@@ -52,6 +52,10 @@ fn backend_in_use() -> String {
             |d| format!("{}: {}", d.backend.to_lowercase(), d.description),
         )
 }
+
+/// Most sequences one llama.cpp context holds (`LLAMA_MAX_SEQ`, llama-cparams.h): a context
+/// asked for more is not created.
+const MAX_SEQS: usize = 256;
 
 /// Sequences in the lockstep probe: batches of 1 to this many rows are checked.
 const PROBE_SEQS: usize = 10;
@@ -94,12 +98,17 @@ fn backend() -> Result<&'static LlamaBackend> {
 pub struct LlamaOptions {
     /// Inference threads; clamped to the machine's cores (oversubscription is ruinous).
     pub threads: usize,
+    /// Threads turning a step's logits into frequency tables (clamped likewise). `None`: one
+    /// where the model runs on the CPU (its own threads hold every core), every core where it
+    /// runs on a GPU (the tables are then the bound). See [`Tables`].
+    pub table_threads: Option<usize>,
 }
 
 impl Default for LlamaOptions {
     fn default() -> Self {
         LlamaOptions {
             threads: available_cores(),
+            table_threads: None,
         }
     }
 }
@@ -119,6 +128,8 @@ pub struct LlamaLm {
     n_model: usize,
     escape_input: Token,
     threads: usize,
+    /// Threads per evaluator for frequency tables ([`LlamaOptions::table_threads`]).
+    table_threads: usize,
     /// [`backend_in_use`], as recorded in headers.
     backend: String,
     /// Result of [`LlamaLm::probe_chunks`], run on first need.
@@ -189,6 +200,15 @@ impl LlamaLm {
             kv_type: 1,
         };
         let threads = opts.threads.clamp(1, available_cores());
+        let backend = backend_in_use();
+        let table_threads = opts
+            .table_threads
+            .unwrap_or(if backend == "cpu" {
+                1
+            } else {
+                available_cores()
+            })
+            .clamp(1, available_cores());
         Ok(LlamaLm {
             model,
             pin,
@@ -198,7 +218,8 @@ impl LlamaLm {
             n_model: n as usize,
             escape_input,
             threads,
-            backend: backend_in_use(),
+            table_threads,
+            backend,
             chunks_exact: OnceLock::new(),
             lockstep_exact: OnceLock::new(),
             wide_exact: std::sync::Mutex::new(Vec::new()),
@@ -293,6 +314,10 @@ impl Model for LlamaLm {
         }
     }
 
+    fn max_width(&self) -> usize {
+        MAX_SEQS
+    }
+
     fn header(&self, block_size: u32) -> Header {
         Header {
             block_size,
@@ -344,6 +369,7 @@ impl Model for LlamaLm {
     }
 
     fn lockstep_exact(&self, width: usize) -> bool {
+        let width = width.min(MAX_SEQS);
         if width <= 1 {
             return true;
         }
@@ -586,7 +612,7 @@ impl LlamaLm {
             pos: vec![0; width],
             limit: per_seq as i32,
             capacity: tokens as usize,
-            weights: vec![0; self.pieces.len()],
+            tables: Tables::new(self.table_threads),
             symbols: self.pieces.len(),
             n_model: self.n_model as Token,
             escape_input: self.escape_input,
@@ -602,8 +628,8 @@ struct LlamaEval<'m> {
     limit: i32,
     capacity: usize,
     chunk: usize,
-    /// Scratch for [`logits_to_cum`], kept across steps.
-    weights: Vec<u32>,
+    /// Turns each step's logits into frequency tables.
+    tables: Tables,
     /// Symbols per frequency table (model tokens and raw-byte escapes).
     symbols: usize,
     n_model: Token,
@@ -650,15 +676,16 @@ impl LlamaEval<'_> {
             std::hint::black_box(self.ctx.get_logits_ith(0).first());
         }
         let evaluated = std::time::Instant::now();
-        // One thread: spreading rows over the inference threads measured slower here (ggml's
-        // OpenMP workers still hold the cores right after a step): 150–250 µs per table
-        // against 55.
-        self.weights.resize(self.symbols, 0);
-        for (i, cum) in out.iter_mut().enumerate().take(rows) {
-            let logits = self.ctx.get_logits_ith(i as i32);
-            cum.resize(self.symbols + 1, 0);
-            logits_to_cum(logits, FREQ_BITS as u32, &mut self.weights, cum);
+        if out.len() < rows {
+            return Err(Error::ModelEval {
+                detail: format!("{rows} rows evaluated, room for {} tables", out.len()),
+            });
         }
+        let logits: Vec<&[f32]> = (0..rows)
+            .map(|i| self.ctx.get_logits_ith(i as i32))
+            .collect();
+        self.tables
+            .fill(&logits, self.symbols, FREQ_BITS as u32, out);
         self.profile.steps += 1;
         self.profile.rows += rows as u64;
         self.profile.model += evaluated - start;
@@ -720,7 +747,14 @@ impl Evaluator for LlamaEval<'_> {
 
 /// Loads a model file for coding, as `lmz` does.
 pub fn load(file: &ModelFile, max_block_tokens: u32, threads: usize) -> Result<LlamaLm> {
-    LlamaLm::load(file, max_block_tokens, LlamaOptions { threads })
+    LlamaLm::load(
+        file,
+        max_block_tokens,
+        LlamaOptions {
+            threads,
+            table_threads: None,
+        },
+    )
 }
 
 /// Whether `path` looks like a GGUF file (its magic), before handing it to llama.cpp.

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod llama;
 pub mod order1;
 pub mod quantize;
+pub mod tables;
 
 use std::time::Duration;
 
@@ -41,6 +42,11 @@ pub trait Model: Send + Sync {
     /// backend, few enough for its memory (every sequence holds a KV cache for its block).
     fn default_width(&self) -> usize {
         8
+    }
+
+    /// Most sequences one evaluator can hold: wider lockstep requests are cut to this.
+    fn max_width(&self) -> usize {
+        usize::MAX
     }
 
     /// Splits `bytes` into tokens whose pieces concatenate to exactly `bytes`; `None` when

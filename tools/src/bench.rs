@@ -125,9 +125,26 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         }
         rows.push(row);
     }
+    let alone = model.map(|m| tables_alone(m.pin().vocab_size as usize));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let tables: Vec<_> = alone
+            .iter()
+            .flatten()
+            .map(|(t, r)| serde_json::json!({ "threads": t, "tables_per_s": r }))
+            .collect();
+        let out = serde_json::json!({ "widths": rows, "tables_alone": tables });
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        if let Some(alone) = &alone {
+            println!();
+            println!("Frequency tables alone (no model step; the most tokens per second any backend could code):");
+            println!();
+            println!("| table threads | tables/s |");
+            println!("|---:|---:|");
+            for (t, r) in alone {
+                println!("| {t} | {r:.0} |");
+            }
+        }
         println!();
         println!("Per coded token (µs) and share of the run's wall time:");
         println!();
@@ -154,6 +171,48 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// Tables per second that [`lmz::model::tables::Tables`] makes from rows of `symbols` logits,
+/// on one thread and on every core: the ceiling of coding on a backend whose model step
+/// costs nothing (a GPU's is far from free, but the CPU waits idle during it).
+fn tables_alone(symbols: usize) -> Vec<(usize, f64)> {
+    use lmz::model::tables::Tables;
+    const ROWS: usize = 256;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let logits: Vec<Vec<f32>> = (0..ROWS)
+        .map(|_| {
+            (0..symbols)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 4000) as f32 / 100.0 - 20.0
+                })
+                .collect()
+        })
+        .collect();
+    let rows: Vec<&[f32]> = logits.iter().map(|l| l.as_slice()).collect();
+    let mut out = vec![Vec::new(); ROWS];
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = vec![1];
+    if cores > 1 {
+        threads.push(cores);
+    }
+    threads
+        .into_iter()
+        .map(|t| {
+            let mut tables = Tables::new(t);
+            tables.fill(&rows, symbols, lmz::format::FREQ_BITS as u32, &mut out);
+            let start = Instant::now();
+            let mut n = 0;
+            while n < 4 * ROWS || start.elapsed().as_secs_f64() < 0.5 {
+                tables.fill(&rows, symbols, lmz::format::FREQ_BITS as u32, &mut out);
+                n += ROWS;
+            }
+            (tables.threads(), n as f64 / start.elapsed().as_secs_f64())
+        })
+        .collect()
 }
 
 /// A [`lmz::codec::Profile`] per coded token, with each part's share of `wall` seconds.
@@ -195,6 +254,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
     let model = model.as_deref();
     if let Some(m) = model {
+        for &w in &args.widths {
+            ensure!(
+                w <= m.max_width(),
+                "width {w}: this model evaluates at most {} sequences at once",
+                m.max_width()
+            );
+        }
         // The once-per-process determinism probes (about a second each on two cores) are
         // not part of the throughput being measured.
         for &w in args.widths.iter().chain([&args.m.width(Some(m))]) {

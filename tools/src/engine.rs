@@ -81,8 +81,12 @@ fn load_llama(
     let file = lmz::model::fetch::resolve(m.model.as_deref(), want)?;
     log::debug!("model: {}", file.describe());
     let threads = m.threads.unwrap_or_else(lmz::model::llama::available_cores);
-    Ok(Box::new(lmz::model::llama::load(
-        &file, max_tokens, threads,
+    let opts = lmz::model::llama::LlamaOptions {
+        threads,
+        table_threads: m.table_threads,
+    };
+    Ok(Box::new(lmz::model::llama::LlamaLm::load(
+        &file, max_tokens, opts,
     )?))
 }
 

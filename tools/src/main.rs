@@ -52,14 +52,28 @@ struct ModelArgs {
     /// Blocks evaluated together, one model sequence each (default: 8 on a CPU, 64 on a GPU).
     #[arg(long, value_name = "W")]
     batch: Option<usize>,
+    /// Threads turning the model's output into frequency tables (at most the number of
+    /// cores; default: 1 on a CPU, where inference already uses every core, all on a GPU).
+    /// Never changes the archive.
+    #[arg(long, value_name = "N")]
+    table_threads: Option<usize>,
 }
 
 impl ModelArgs {
-    /// Lockstep width: `--batch`, else what the model's backend suits.
+    /// Lockstep width: `--batch`, else what the model's backend suits; at most what the model
+    /// can hold.
     fn width(&self, model: Option<&dyn lmz::model::Model>) -> usize {
-        self.batch
+        let max = model.map_or(usize::MAX, |m| m.max_width());
+        let w = self
+            .batch
             .unwrap_or_else(|| model.map_or(1, |m| m.default_width()))
-            .max(1)
+            .max(1);
+        if w > max {
+            log::warn!(
+                "--batch {w}: this model evaluates at most {max} sequences at once; using {max}"
+            );
+        }
+        w.min(max)
     }
 }
 

@@ -49,7 +49,8 @@ fn corpus_tree_round_trip_with_other_threads_and_width() {
         ],
     );
     let a = t.path().join("a.lmz");
-    // Encode: 2 threads, 4 blocks in lockstep; blocks of 2 KiB hold > 256 tokens of prose.
+    // Encode: 2 threads, 4 blocks in lockstep, tables on 2 threads; blocks of 2 KiB hold
+    // > 256 tokens of prose.
     let out = run(lmz()
         .args([
             "pack",
@@ -59,6 +60,8 @@ fn corpus_tree_round_trip_with_other_threads_and_width() {
             "2",
             "--batch",
             "4",
+            "--table-threads",
+            "2",
         ])
         .arg(&src)
         .arg("-o")
@@ -68,7 +71,7 @@ fn corpus_tree_round_trip_with_other_threads_and_width() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Decode: 1 thread, one block at a time.
+    // Decode: 1 thread, one block at a time, tables on that thread (the CPU default).
     let dst = t.path().join("out");
     run(lmz()
         .args(["unpack", "-q", "--threads", "1", "--batch", "1"])
@@ -175,12 +178,17 @@ fn wrong_model_is_refused_before_anything_is_written() {
 }
 
 /// Library level: the same blocks encoded in lockstep widths 1 and 3 give identical bytes
-/// (so the logits were identical), and decode at any width and thread count.
+/// (so the logits were identical), and decode at any width and thread count, inference and
+/// frequency-table threads alike.
 #[test]
 fn lockstep_width_and_threads_do_not_change_a_bit() {
     let _g = lock();
     let file = resolve(None, Want::Default).unwrap();
-    let m2 = lmz::model::llama::load(&file, 1024, 2).unwrap();
+    let two = lmz::model::llama::LlamaOptions {
+        threads: 2,
+        table_threads: Some(2),
+    };
+    let m2 = lmz::model::llama::LlamaLm::load(&file, 1024, two).unwrap();
     let texts = [
         corpus("alice29.txt", 1800),
         corpus("html", 700),

@@ -494,6 +494,7 @@ pub fn run(args: BenchMountArgs) -> Result<()> {
             model: None,
             threads: None,
             batch: Some(8),
+            table_threads: None,
         };
         let model = engine::load_for_pack(Engine::Order1, args.block_size, &m)?;
         let opts = WriterOptions {

@@ -1,0 +1,137 @@
+//! One model step's frequency tables, many rows at once, over a pool of worker threads.
+//!
+//! A step yields a row of logits for every token fed: W rows when W blocks decode in
+//! lockstep, up to 16·W when encoding. Each row becomes a table by [`logits_to_cum`] alone,
+//! independently of every other row, so spreading rows over threads cannot change a bit and
+//! the thread count is not part of the archive's pin.
+//!
+//! Whether it pays depends on where the model runs. On a CPU the model's own threads use every
+//! core and the tables are 1–3% of a step (README, profile table); one table thread is best
+//! there, since extra workers only contend with llama.cpp's. On a GPU the CPU waits idle during
+//! the step and the tables become the bound: SmolLM2's 49,408-symbol table takes ~55 µs on one
+//! core, capping one thread near 18,000 tokens/s whatever the GPU does.
+//!
+//! The pool is persistent (rayon): spawning threads for every step would cost tens of µs per
+//! thread against a step's few hundred µs of tables. Rows are cut into one contiguous run per
+//! worker, and each worker keeps its own `weights` scratch across steps, so nothing is
+//! allocated per token.
+
+use rayon::prelude::*;
+
+use super::quantize::logits_to_cum;
+
+/// Turns rows of logits into cumulative frequency tables on `threads` threads.
+pub struct Tables {
+    /// `None` for one thread: the rows are done on the caller's thread.
+    pool: Option<rayon::ThreadPool>,
+    /// One scratch `weights` buffer per worker.
+    scratch: Vec<Vec<u32>>,
+}
+
+impl Tables {
+    /// A pool of `threads` workers (at least 1). Where the system refuses threads, the tables
+    /// are made on the caller's thread, which gives the same tables.
+    pub fn new(threads: usize) -> Tables {
+        let threads = threads.max(1);
+        let pool = if threads > 1 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("lmz-tables-{i}"))
+                .build()
+                .map_err(|e| log::warn!("frequency tables on one thread: {e}"))
+                .ok()
+        } else {
+            None
+        };
+        let workers = pool.as_ref().map_or(1, |p| p.current_num_threads());
+        Tables {
+            pool,
+            scratch: vec![Vec::new(); workers],
+        }
+    }
+
+    /// Worker threads the tables are spread over.
+    pub fn threads(&self) -> usize {
+        self.scratch.len()
+    }
+
+    /// Writes the table of `rows[i]` into `out[i]`, resized to `symbols + 1` entries, total
+    /// `2^bits`. Rows may be shorter than `symbols` (symbols past a row's logits are escapes:
+    /// see [`logits_to_cum`]). `out` must have at least `rows.len()` entries.
+    pub fn fill(&mut self, rows: &[&[f32]], symbols: usize, bits: u32, out: &mut [Vec<u32>]) {
+        let out = &mut out[..rows.len()];
+        let Some(pool) = self.pool.as_ref().filter(|_| rows.len() > 1) else {
+            return fill_run(rows, symbols, bits, &mut self.scratch[0], out);
+        };
+        let per = rows.len().div_ceil(self.scratch.len());
+        let scratch = &mut self.scratch;
+        pool.install(|| {
+            out.par_chunks_mut(per)
+                .zip(rows.par_chunks(per))
+                .zip(scratch.par_iter_mut())
+                .for_each(|((out, rows), weights)| fill_run(rows, symbols, bits, weights, out));
+        });
+    }
+}
+
+/// The tables of a contiguous run of rows, on the calling thread.
+fn fill_run(
+    rows: &[&[f32]],
+    symbols: usize,
+    bits: u32,
+    weights: &mut Vec<u32>,
+    out: &mut [Vec<u32>],
+) {
+    weights.resize(symbols, 0);
+    for (logits, cum) in rows.iter().zip(out) {
+        cum.resize(symbols + 1, 0);
+        logits_to_cum(logits, bits, weights, cum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::quantize::tests::xorshift;
+
+    /// Every thread count gives each row exactly the table [`logits_to_cum`] gives it alone,
+    /// in the row's own place, for row counts below, at and above the worker count.
+    #[test]
+    fn any_thread_count_gives_each_row_its_own_table() {
+        let symbols = 700;
+        let mut next = xorshift(17);
+        let logits: Vec<Vec<f32>> = (0..23)
+            .map(|r| {
+                // Rows of different lengths: the shorter ones have escape symbols.
+                let n = symbols - (r % 3) * 5;
+                (0..n)
+                    .map(|_| (next() % 4000) as f32 / 100.0 - 20.0)
+                    .collect()
+            })
+            .collect();
+        let alone: Vec<Vec<u32>> = logits
+            .iter()
+            .map(|l| {
+                let mut w = vec![0; symbols];
+                let mut cum = vec![0; symbols + 1];
+                logits_to_cum(l, 24, &mut w, &mut cum);
+                cum
+            })
+            .collect();
+        for threads in [1, 2, 3, 8] {
+            let mut t = Tables::new(threads);
+            for rows in [0, 1, 2, 5, 23] {
+                let refs: Vec<&[f32]> = logits[..rows].iter().map(|l| l.as_slice()).collect();
+                // Stale, wrongly sized tables from an earlier step must not leak through.
+                let mut out = vec![vec![7u32; 3]; 24];
+                t.fill(&refs, symbols, 24, &mut out);
+                assert_eq!(
+                    &out[..rows],
+                    &alone[..rows],
+                    "{threads} threads, {rows} rows"
+                );
+                assert!(out[rows..].iter().all(|o| o == &[7, 7, 7]));
+            }
+        }
+    }
+}

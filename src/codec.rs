@@ -10,7 +10,10 @@
 //! Lockstep: `width` blocks are in flight, one evaluator slot each; every step feeds each
 //! active slot its next input token in one batch, and a slot whose block is done is reset
 //! and refilled with the next block. The schedule is the same per-slot token sequence
-//! however the slots are combined, which is what the determinism tests pin down.
+//! however the slots are combined, which is what the determinism tests pin down. The
+//! encoder, knowing every token, feeds up to [`ENCODE_CHUNK`] per slot per step where the
+//! model proves that exact, and asks only for the interval of each token it codes; the
+//! decoder needs each whole table to find its token.
 
 use crate::coder::{ideal_bits, Decoder, Encoder};
 use crate::error::{Error, Result};
@@ -147,20 +150,6 @@ pub fn encode_with(
     Ok((out, stats))
 }
 
-/// What a lockstep job does with each step's distribution.
-trait Job {
-    /// Input token for step `k` (the BOS for k = 0 is supplied by the engine).
-    fn input(&self, k: usize) -> Token;
-    /// Consumes the distribution of token `k`; returns it.
-    fn take(&mut self, k: usize, cum: &[u32]) -> Result<Token>;
-    fn len(&self) -> usize;
-    /// Whether every input is known before the run (encoding), so that several steps of
-    /// one slot can be evaluated at once.
-    fn inputs_known(&self) -> bool {
-        false
-    }
-}
-
 /// Tokens fed to one slot per step when encoding with a model whose multi-token steps are
 /// exact (measured on 2 cores: 8 × 16 tokens per step ran 360 tokens/s where one token per
 /// step ran 270 at best).
@@ -224,13 +213,20 @@ impl<'m> Lockstep<'m> {
         self.width
     }
 
-    /// Runs `jobs`, `width` at a time. A job that fails is reported through its slot and
-    /// its lane refilled; the others continue. A failure of the model itself ends the run.
-    fn run(&mut self, jobs: &mut [&mut dyn Job]) -> Result<Vec<Option<Error>>> {
+    /// Makes sure the evaluator suits `jobs` blocks of up to `tokens` tokens: wide enough
+    /// (at most the lockstep width, 1 for a model that is not batch-invariant) and fed
+    /// `ENCODE_CHUNK` tokens per step where `encoding` and the model's multi-token steps are
+    /// exact, else 1. Returns the model and that chunk.
+    fn prepare(
+        &mut self,
+        jobs: usize,
+        tokens: usize,
+        encoding: bool,
+    ) -> Result<(&'m dyn Model, usize)> {
         let model = self
             .model
             .ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
-        let mut need = self.width.min(jobs.len()).max(1);
+        let mut need = self.width.min(jobs).max(1);
         if need > 1 && !model.lockstep_exact(self.width) {
             // A model whose kernels are not batch-invariant: one block at a time, so the
             // distributions are those a lone decoder (a random read) sees.
@@ -240,9 +236,8 @@ impl<'m> Lockstep<'m> {
             }
             need = 1;
         }
-        let tokens = jobs.iter().map(|j| j.len()).max().unwrap_or(1);
-        let known = jobs.iter().all(|j| j.inputs_known());
-        let chunk = if known && model.chunks_exact() {
+        let tokens = tokens.max(1);
+        let chunk = if encoding && model.chunks_exact() {
             ENCODE_CHUNK
         } else {
             1
@@ -262,33 +257,111 @@ impl<'m> Lockstep<'m> {
             self.drop_eval();
             self.eval = Some(model.evaluator(w, t, c)?);
         }
-        let eval = self.eval.as_mut().expect("created above");
-        let coder = &mut self.profile.coder;
-        let r = if chunk > 1 {
-            run_chunked(model, eval.as_mut(), jobs, chunk, coder)
-        } else {
-            run_lockstep(model, eval.as_mut(), jobs, coder)
-        };
+        Ok((model, chunk))
+    }
+
+    /// Range-codes each job's tokens, `width` blocks at a time. Each step feeds every active
+    /// slot up to `chunk` consecutive tokens and yields only the intervals of the tokens it
+    /// codes; a slot whose block is done is reset and refilled with the next block.
+    fn encode(&mut self, jobs: &mut [EncodeJob<'_>]) -> Result<()> {
+        let tokens = jobs.iter().map(|j| j.tokens.len()).max().unwrap_or(0);
+        let (model, chunk) = self.prepare(jobs.len(), tokens, true)?;
+        let eval = self.eval.as_deref_mut().expect("prepared");
+        let r = run_encode(model.pin().bos, eval, jobs, chunk, &mut self.profile.coder);
         if r.is_err() {
             // The evaluator's state is unknown after a failed step.
             self.drop_eval();
         }
         r
     }
+
+    /// Decodes each job's block, `width` blocks at a time, one token per slot per step. A
+    /// job that fails is reported through its slot and its lane refilled; the others
+    /// continue. A failure of the model itself ends the run.
+    fn decode(&mut self, jobs: &mut [DecodeJob<'_, '_>]) -> Result<Vec<Option<Error>>> {
+        let tokens = jobs.iter().map(|j| j.n).max().unwrap_or(0);
+        let (model, _) = self.prepare(jobs.len(), tokens, false)?;
+        let eval = self.eval.as_deref_mut().expect("prepared");
+        let r = run_decode(model.pin().bos, eval, jobs, &mut self.profile.coder);
+        if r.is_err() {
+            self.drop_eval();
+        }
+        r
+    }
 }
 
-fn run_lockstep(
-    model: &dyn Model,
+/// [`Lockstep::encode`]'s schedule. It is the decoder's (same lanes, same refill order, each
+/// slot's tokens in order), only with several tokens per slot per step, which the model's
+/// probe has shown to give the same distributions; blocks decode in any grouping.
+fn run_encode(
+    bos: Token,
     eval: &mut dyn Evaluator,
-    jobs: &mut [&mut dyn Job],
+    jobs: &mut [EncodeJob<'_>],
+    chunk: usize,
+    coder: &mut std::time::Duration,
+) -> Result<()> {
+    let width = eval.width();
+    // lane → (job index, tokens coded so far)
+    let mut lanes: Vec<Option<(usize, usize)>> = vec![None; width];
+    let mut next_job = 0;
+    let mut inputs: Vec<Vec<Token>> = vec![Vec::with_capacity(chunk); width];
+    let mut symbols = Vec::with_capacity(width * chunk);
+    let mut out = vec![(0u32, 0u32); width * chunk];
+    let mut who = Vec::with_capacity(width);
+    loop {
+        for (slot, lane) in lanes.iter_mut().enumerate() {
+            // Blocks without tokens have nothing to code (the writer never makes them).
+            while next_job < jobs.len() && jobs[next_job].tokens.is_empty() {
+                next_job += 1;
+            }
+            if lane.is_none() && next_job < jobs.len() {
+                eval.reset(slot)?;
+                *lane = Some((next_job, 0));
+                next_job += 1;
+            }
+        }
+        who.clear();
+        symbols.clear();
+        for (slot, lane) in lanes.iter().enumerate() {
+            if let Some((j, k)) = *lane {
+                let toks = jobs[j].tokens;
+                let n = chunk.min(toks.len() - k);
+                // Token k is coded after input k: the BOS, then the block's tokens.
+                inputs[slot].clear();
+                inputs[slot].extend((k..k + n).map(|k| if k == 0 { bos } else { toks[k - 1] }));
+                symbols.extend_from_slice(&toks[k..k + n]);
+                who.push(slot);
+            }
+        }
+        if who.is_empty() {
+            return Ok(());
+        }
+        let feed: Vec<(usize, &[Token])> = who.iter().map(|&s| (s, inputs[s].as_slice())).collect();
+        eval.step_intervals(&feed, &symbols, &mut out[..symbols.len()])?;
+        let coding = std::time::Instant::now();
+        let mut row = 0;
+        for &slot in &who {
+            let (j, k) = lanes[slot].expect("active lane");
+            let n = inputs[slot].len();
+            for &(lo, freq) in &out[row..row + n] {
+                jobs[j].code(lo, freq);
+            }
+            row += n;
+            lanes[slot] = (k + n < jobs[j].tokens.len()).then_some((j, k + n));
+        }
+        *coder += coding.elapsed();
+    }
+}
+
+/// [`Lockstep::decode`]'s schedule: the encoder's, one token per slot per step.
+fn run_decode(
+    bos: Token,
+    eval: &mut dyn Evaluator,
+    jobs: &mut [DecodeJob<'_, '_>],
     coder: &mut std::time::Duration,
 ) -> Result<Vec<Option<Error>>> {
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
-    if jobs.is_empty() {
-        return Ok(failed);
-    }
     let width = eval.width();
-    let bos = model.pin().bos;
     // lane → (job index, next step k)
     let mut lanes: Vec<Option<(usize, usize)>> = vec![None; width];
     let mut next_job = 0;
@@ -297,6 +370,9 @@ fn run_lockstep(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); width];
     loop {
         for (slot, lane) in lanes.iter_mut().enumerate() {
+            while next_job < jobs.len() && jobs[next_job].n == 0 {
+                next_job += 1;
+            }
             if lane.is_none() && next_job < jobs.len() {
                 eval.reset(slot)?;
                 *lane = Some((next_job, 0));
@@ -307,7 +383,7 @@ fn run_lockstep(
         who.clear();
         for (slot, lane) in lanes.iter().enumerate() {
             if let Some((j, k)) = *lane {
-                let tok = if k == 0 { bos } else { jobs[j].input(k) };
+                let tok = if k == 0 { bos } else { jobs[j].tokens[k - 1] };
                 feed.push((slot, tok));
                 who.push(slot);
             }
@@ -319,74 +395,14 @@ fn run_lockstep(
         let coding = std::time::Instant::now();
         for (i, &slot) in who.iter().enumerate() {
             let (j, k) = lanes[slot].expect("active lane");
-            match jobs[j].take(k, &out[i]) {
-                Ok(_) if k + 1 < jobs[j].len() => lanes[slot] = Some((j, k + 1)),
-                Ok(_) => lanes[slot] = None,
+            match jobs[j].take(&out[i]) {
+                Ok(()) if k + 1 < jobs[j].n => lanes[slot] = Some((j, k + 1)),
+                Ok(()) => lanes[slot] = None,
                 Err(e) => {
                     failed[j] = Some(e);
                     lanes[slot] = None;
                 }
             }
-        }
-        *coder += coding.elapsed();
-    }
-}
-
-/// [`run_lockstep`] for jobs whose inputs are all known: each step feeds every active slot up
-/// to `chunk` consecutive tokens. Only used when the model's multi-token steps are exact.
-fn run_chunked(
-    model: &dyn Model,
-    eval: &mut dyn Evaluator,
-    jobs: &mut [&mut dyn Job],
-    chunk: usize,
-    coder: &mut std::time::Duration,
-) -> Result<Vec<Option<Error>>> {
-    let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
-    let width = eval.width();
-    let bos = model.pin().bos;
-    let mut lanes: Vec<Option<(usize, usize)>> = vec![None; width];
-    let mut next_job = 0;
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); width * chunk];
-    let mut inputs: Vec<Vec<Token>> = vec![Vec::with_capacity(chunk); width];
-    let mut who = Vec::with_capacity(width);
-    loop {
-        for (slot, lane) in lanes.iter_mut().enumerate() {
-            if lane.is_none() && next_job < jobs.len() {
-                eval.reset(slot)?;
-                *lane = Some((next_job, 0));
-                next_job += 1;
-            }
-        }
-        who.clear();
-        for (slot, lane) in lanes.iter().enumerate() {
-            if let Some((j, k)) = *lane {
-                let n = chunk.min(jobs[j].len() - k);
-                inputs[slot].clear();
-                inputs[slot]
-                    .extend((k..k + n).map(|k| if k == 0 { bos } else { jobs[j].input(k) }));
-                who.push(slot);
-            }
-        }
-        if who.is_empty() {
-            return Ok(failed);
-        }
-        let feed: Vec<(usize, &[Token])> = who.iter().map(|&s| (s, inputs[s].as_slice())).collect();
-        eval.step_chunks(&feed, &mut out)?;
-        let coding = std::time::Instant::now();
-        let mut row = 0;
-        for &slot in &who {
-            let (j, k) = lanes[slot].expect("active lane");
-            let n = inputs[slot].len();
-            let mut done = k + n;
-            for m in 0..n {
-                if let Err(e) = jobs[j].take(k + m, &out[row + m]) {
-                    failed[j] = Some(e);
-                    done = jobs[j].len();
-                    break;
-                }
-            }
-            row += n;
-            lanes[slot] = (done < jobs[j].len()).then_some((j, done));
         }
         *coder += coding.elapsed();
     }
@@ -398,26 +414,11 @@ struct EncodeJob<'t> {
     ideal: f64,
 }
 
-impl Job for EncodeJob<'_> {
-    fn input(&self, k: usize) -> Token {
-        self.tokens[k - 1]
-    }
-    fn take(&mut self, k: usize, cum: &[u32]) -> Result<Token> {
-        let t = self.tokens[k] as usize;
-        if t + 1 >= cum.len() {
-            return Err(Error::usage(format!(
-                "token {t} outside the model's vocabulary"
-            )));
-        }
-        self.enc.encode(cum[t], cum[t + 1] - cum[t], BITS);
-        self.ideal += ideal_bits(cum, t, BITS);
-        Ok(t as Token)
-    }
-    fn len(&self) -> usize {
-        self.tokens.len()
-    }
-    fn inputs_known(&self) -> bool {
-        true
+impl EncodeJob<'_> {
+    /// Codes the next token, of interval `[lo, lo + freq)` out of `2^BITS`.
+    fn code(&mut self, lo: u32, freq: u32) {
+        self.enc.encode(lo, freq, BITS);
+        self.ideal += ideal_bits(freq, BITS);
     }
 }
 
@@ -431,10 +432,7 @@ pub fn encode_model(ls: &mut Lockstep<'_>, seqs: Vec<&[Token]>) -> Result<Vec<(V
             ideal: 0.0,
         })
         .collect();
-    let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-    if let Some(e) = ls.run(&mut refs)?.into_iter().flatten().next() {
-        return Err(e);
-    }
+    ls.encode(&mut jobs)?;
     Ok(jobs
         .into_iter()
         .map(|j| (j.enc.finish(), j.ideal))
@@ -452,11 +450,9 @@ struct DecodeJob<'a, 'm> {
     offset: u64,
 }
 
-impl Job for DecodeJob<'_, '_> {
-    fn input(&self, k: usize) -> Token {
-        self.tokens[k - 1]
-    }
-    fn take(&mut self, _k: usize, cum: &[u32]) -> Result<Token> {
+impl DecodeJob<'_, '_> {
+    /// Decodes the next token under the cumulative table `cum`.
+    fn take(&mut self, cum: &[u32]) -> Result<()> {
         let t = self.dec.decode(cum, BITS).ok_or_else(|| {
             Error::corrupt(
                 self.offset,
@@ -472,10 +468,7 @@ impl Job for DecodeJob<'_, '_> {
         }
         self.plain.extend_from_slice(piece);
         self.tokens.push(t as Token);
-        Ok(t as Token)
-    }
-    fn len(&self) -> usize {
-        self.n
+        Ok(())
     }
 }
 
@@ -589,8 +582,7 @@ pub fn decode_with(
                 }
             })
             .collect();
-        let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-        let failed = ls.run(&mut refs)?;
+        let failed = ls.decode(&mut jobs)?;
         for ((job, err), &i) in jobs.into_iter().zip(failed).zip(&model_jobs) {
             results[i] = Some(match err {
                 Some(e) => Err(e),

@@ -1,7 +1,7 @@
 //! lmz: lossless compression with a language model as the probability model, in an archive
 //! format built for random access.
 //!
-//! Layers, bottom up: [`format`] (the on-disk layout, pure byte functions), [`coder`] (a
+//! Layers, bottom up: [`format`](mod@format) (the on-disk layout, pure byte functions), [`coder`] (a
 //! range coder over integer frequencies), [`model`] (next-token distributions: llama.cpp or a
 //! pure-Rust test model, turned into integers by one deterministic function), [`codec`]
 //! (per-block choice of stored / zstd / model coding, lockstep evaluation of many blocks) and

@@ -426,22 +426,17 @@ impl Model for LlamaLm {
         })
     }
 
-    fn raw_tokens_per_second(
-        &self,
-        width: usize,
-        tokens: usize,
-        chunk: usize,
-    ) -> Result<Option<f64>> {
+    fn raw_tokens_per_second(&self, lengths: &[usize], chunk: usize) -> Result<Option<f64>> {
         let chunk = chunk.max(1);
-        let mut e = self.new_eval(width, tokens, chunk)?;
-        let tokens = tokens.clamp(1, e.limit as usize);
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let mut e = self.new_eval(lengths.len(), longest, chunk)?;
+        let longest = longest.min(e.capacity);
         let start = std::time::Instant::now();
         let mut fed = 0;
-        for k in (0..tokens).step_by(chunk) {
+        for k in (0..longest).step_by(chunk) {
             e.batch.clear();
-            let n = chunk.min(tokens - k);
-            for slot in 0..e.pos.len() {
-                for p in k..k + n {
+            for (slot, &len) in lengths.iter().enumerate() {
+                for p in k..(k + chunk).min(len.min(longest)) {
                     // Any valid tokens will do: the cost of a step does not depend on them.
                     let tok = if p == 0 {
                         self.pin.bos
@@ -462,7 +457,7 @@ impl Model for LlamaLm {
             for i in 0..e.batch.n_tokens() {
                 std::hint::black_box(e.ctx.get_logits_ith(i)[0]);
             }
-            fed += n * e.pos.len();
+            fed += e.batch.n_tokens() as usize;
         }
         Ok(Some(fed as f64 / start.elapsed().as_secs_f64()))
     }
@@ -660,9 +655,25 @@ impl LlamaEval<'_> {
         Ok(())
     }
 
-    /// Evaluates the batch and turns each of its rows of logits, in batch order, into a
-    /// cumulative frequency table in `out`.
-    fn decode_into(&mut self, out: &mut [Vec<u32>]) -> Result<()> {
+    /// Appends each slot's tokens (`feed[i] = (slot, tokens)`, at most `chunk` each) to a
+    /// fresh batch.
+    fn batch_chunks(&mut self, feed: &[(usize, &[Token])]) -> Result<()> {
+        self.batch.clear();
+        for &(slot, toks) in feed {
+            if toks.len() > self.chunk {
+                return Err(Error::ModelEval {
+                    detail: format!("{} tokens for one sequence in one step", toks.len()),
+                });
+            }
+            for &tok in toks {
+                self.add(slot, tok)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates the batch; returns when its logits were ready.
+    fn decode(&mut self) -> Result<std::time::Instant> {
         let start = std::time::Instant::now();
         self.ctx
             .decode(&mut self.batch)
@@ -676,22 +687,40 @@ impl LlamaEval<'_> {
             std::hint::black_box(self.ctx.get_logits_ith(0).first());
         }
         let evaluated = std::time::Instant::now();
+        self.profile.steps += 1;
+        self.profile.rows += rows as u64;
+        self.profile.model += evaluated - start;
+        Ok(evaluated)
+    }
+
+    /// Evaluates the batch and turns each of its rows of logits, in batch order, into a
+    /// cumulative frequency table in `out`.
+    fn decode_tables(&mut self, out: &mut [Vec<u32>]) -> Result<()> {
+        let rows = self.batch.n_tokens() as usize;
         if out.len() < rows {
             return Err(Error::ModelEval {
                 detail: format!("{rows} rows evaluated, room for {} tables", out.len()),
             });
         }
-        let logits: Vec<&[f32]> = (0..rows)
-            .map(|i| self.ctx.get_logits_ith(i as i32))
-            .collect();
+        let evaluated = self.decode()?;
+        let logits = logits_of(&self.ctx, rows);
         self.tables
             .fill(&logits, self.symbols, FREQ_BITS as u32, out);
-        self.profile.steps += 1;
-        self.profile.rows += rows as u64;
-        self.profile.model += evaluated - start;
         self.profile.freqs += evaluated.elapsed();
         Ok(())
     }
+
+    /// Feeds several tokens to each listed slot in one step and writes the table after each
+    /// of them, in order: all rows of `feed[0]`, then of `feed[1]`, … (the chunk probe).
+    fn step_chunks(&mut self, feed: &[(usize, &[Token])], out: &mut [Vec<u32>]) -> Result<()> {
+        self.batch_chunks(feed)?;
+        self.decode_tables(out)
+    }
+}
+
+/// The first `rows` rows of logits of the last step, in batch order.
+fn logits_of<'c>(ctx: &'c LlamaContext<'_>, rows: usize) -> Vec<&'c [f32]> {
+    (0..rows).map(|i| ctx.get_logits_ith(i as i32)).collect()
 }
 
 impl Evaluator for LlamaEval<'_> {
@@ -711,21 +740,6 @@ impl Evaluator for LlamaEval<'_> {
         self.chunk
     }
 
-    fn step_chunks(&mut self, feed: &[(usize, &[Token])], out: &mut [Vec<u32>]) -> Result<()> {
-        self.batch.clear();
-        for &(slot, toks) in feed {
-            if toks.len() > self.chunk {
-                return Err(Error::ModelEval {
-                    detail: format!("{} tokens for one sequence in one step", toks.len()),
-                });
-            }
-            for &tok in toks {
-                self.add(slot, tok)?;
-            }
-        }
-        self.decode_into(out)
-    }
-
     fn reset(&mut self, slot: usize) -> Result<()> {
         self.ctx
             .clear_kv_cache_seq(Some(slot as u32), None, None)
@@ -741,11 +755,40 @@ impl Evaluator for LlamaEval<'_> {
         for &(slot, tok) in feed {
             self.add(slot, tok)?;
         }
-        self.decode_into(out)
+        self.decode_tables(out)
+    }
+
+    fn step_intervals(
+        &mut self,
+        feed: &[(usize, &[Token])],
+        symbols: &[Token],
+        out: &mut [(u32, u32)],
+    ) -> Result<()> {
+        self.batch_chunks(feed)?;
+        let rows = self.batch.n_tokens() as usize;
+        if symbols.len() != rows || out.len() < rows {
+            return Err(Error::ModelEval {
+                detail: format!(
+                    "{rows} tokens fed, {} symbols and {} intervals given",
+                    symbols.len(),
+                    out.len()
+                ),
+            });
+        }
+        if let Some(s) = symbols.iter().find(|&&s| s as usize >= self.symbols) {
+            return Err(Error::usage(format!(
+                "symbol {s} outside the model's vocabulary"
+            )));
+        }
+        let evaluated = self.decode()?;
+        let logits = logits_of(&self.ctx, rows);
+        self.tables
+            .intervals(&logits, self.symbols, FREQ_BITS as u32, symbols, out);
+        self.profile.freqs += evaluated.elapsed();
+        Ok(())
     }
 }
 
-/// Loads a model file for coding, as `lmz` does.
 pub fn load(file: &ModelFile, max_block_tokens: u32, threads: usize) -> Result<LlamaLm> {
     LlamaLm::load(
         file,

@@ -4,7 +4,9 @@
 //! fixed byte string, its *piece*) and creates [`Evaluator`]s. An evaluator holds `width`
 //! independent sequences ("slots"), one per block in flight, and advances any subset of them
 //! by one token per [`Evaluator::step`]; each step yields, for every slot fed, the integer
-//! cumulative frequency table of the next token. The coder only ever sees those integers.
+//! cumulative frequency table of the next token. Encoders, which know the next token, ask
+//! [`Evaluator::step_intervals`] for just its interval in that table (and may feed several
+//! tokens per slot per step). The coder only ever sees those integers.
 //!
 //! Two implementations: [`order1::Order1`], a small deterministic pure-Rust model for tests,
 //! fuzzing and builds without llama.cpp; and `llama::LlamaLm` (feature `llama`), the only
@@ -19,7 +21,7 @@ pub mod tables;
 
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{Header, ModelPin};
 
 /// A token id.
@@ -66,7 +68,7 @@ pub trait Model: Send + Sync {
     /// the BOS). Context sizes do not change probabilities (tested), so evaluators are sized
     /// to the blocks at hand, not to the largest block the format allows.
     ///
-    /// `chunk` is the most tokens one slot may be fed in one [`Evaluator::step_chunks`]
+    /// `chunk` is the most tokens one slot may be fed in one [`Evaluator::step_intervals`]
     /// call (1 for decoders, which learn each token from the previous step).
     fn evaluator(
         &self,
@@ -91,16 +93,13 @@ pub trait Model: Send + Sync {
         true
     }
 
-    /// Tokens per second of the bare model evaluating `width` sequences of `tokens` tokens
-    /// in lockstep, `chunk` tokens of each per step: logits computed but not turned into
-    /// frequencies, nothing coded. The ceiling coding can reach for that batch shape
-    /// (`lmz bench --widths`). `None` for models without a separable evaluation cost.
-    fn raw_tokens_per_second(
-        &self,
-        _width: usize,
-        _tokens: usize,
-        _chunk: usize,
-    ) -> Result<Option<f64>> {
+    /// Tokens per second of the bare model evaluating one sequence per entry of `lengths`,
+    /// in lockstep, each fed its own number of tokens (the BOS first), `chunk` of them per
+    /// step; sequences drop out of the batch as they end, as blocks do when coded together.
+    /// Logits are computed but not turned into frequencies, nothing is coded: the ceiling
+    /// coding can reach for that batch shape (`lmz bench --widths`). `None` for models
+    /// without a separable evaluation cost.
+    fn raw_tokens_per_second(&self, _lengths: &[usize], _chunk: usize) -> Result<Option<f64>> {
         Ok(None)
     }
 }
@@ -148,26 +147,41 @@ pub trait Evaluator {
     /// (`vocab + 1` entries, total `2^24`).
     fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()>;
 
-    /// Most tokens a slot may be fed in one [`Self::step_chunks`] call.
+    /// Most tokens a slot may be fed in one [`Self::step_intervals`] call.
     fn chunk(&self) -> usize {
         1
     }
 
-    /// Appends several tokens to each listed slot (`feed[i] = (slot, tokens)`, at most
-    /// [`Self::chunk`] each) and writes the distribution after each of them into `out`, in
-    /// order: all rows of `feed[0]`, then of `feed[1]`, … The default feeds one token per
-    /// step.
-    fn step_chunks(&mut self, feed: &[(usize, &[Token])], out: &mut [Vec<u32>]) -> Result<()> {
+    /// For encoders, which know every symbol before coding it: appends several tokens to
+    /// each listed slot (`feed[i] = (slot, tokens)`, at most [`Self::chunk`] each) and writes,
+    /// for every token fed, in order (all of `feed[0]`'s, then `feed[1]`'s, …), the interval
+    /// `(cum[s], cum[s + 1] − cum[s])` of the next symbol `s = symbols[row]` in the table
+    /// [`Self::step`] would give. The same numbers as the tables, but a model may compute
+    /// them without writing whole tables. The default feeds one token per step and reads the
+    /// intervals off the tables (allocating them: for models with small vocabularies).
+    fn step_intervals(
+        &mut self,
+        feed: &[(usize, &[Token])],
+        symbols: &[Token],
+        out: &mut [(u32, u32)],
+    ) -> Result<()> {
         let mut starts = Vec::with_capacity(feed.len());
         let mut row = 0;
         for (_, toks) in feed {
             starts.push(row);
             row += toks.len();
         }
+        if symbols.len() != row || out.len() < row {
+            return Err(Error::usage(format!(
+                "{row} tokens fed, {} symbols and {} intervals given",
+                symbols.len(),
+                out.len()
+            )));
+        }
         let longest = feed.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
         let mut single = Vec::with_capacity(feed.len());
         let mut rows = Vec::with_capacity(feed.len());
-        let mut tmp: Vec<Vec<u32>> = vec![Vec::new(); feed.len()];
+        let mut tables: Vec<Vec<u32>> = vec![Vec::new(); feed.len()];
         for j in 0..longest {
             single.clear();
             rows.clear();
@@ -177,9 +191,15 @@ pub trait Evaluator {
                     rows.push(starts[i] + j);
                 }
             }
-            self.step(&single, &mut tmp[..single.len()])?;
-            for (k, &r) in rows.iter().enumerate() {
-                std::mem::swap(&mut out[r], &mut tmp[k]);
+            self.step(&single, &mut tables[..single.len()])?;
+            for (cum, &r) in tables.iter().zip(&rows) {
+                let s = symbols[r] as usize;
+                if s + 1 >= cum.len() {
+                    return Err(Error::usage(format!(
+                        "symbol {s} outside the model's vocabulary"
+                    )));
+                }
+                out[r] = (cum[s], cum[s + 1] - cum[s]);
             }
         }
         Ok(())

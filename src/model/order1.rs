@@ -5,7 +5,7 @@
 //! milliseconds. Tokens are bytes (vocabulary 256, BOS = token 0 as the initial context).
 //! After each token `t` seen in context `c` (the previous byte) the count `n[c][t]` grows by
 //! 32; a context's counts are halved when one passes 65,000. The next distribution is
-//! `1 + n[c][s]` scaled by [`quantize::weights_to_cum`].
+//! `1 + n[c][s]` scaled by [`super::quantize::weights_to_cum`].
 
 use sha2::{Digest, Sha256};
 

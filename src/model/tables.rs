@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::quantize::logits_to_cum;
+use super::quantize::{logits_to_cum, logits_to_interval};
+use super::Token;
 
 /// Turns rows of logits into cumulative frequency tables on `threads` threads.
 pub struct Tables {
@@ -59,33 +60,60 @@ impl Tables {
     /// `2^bits`. Rows may be shorter than `symbols` (symbols past a row's logits are escapes:
     /// see [`logits_to_cum`]). `out` must have at least `rows.len()` entries.
     pub fn fill(&mut self, rows: &[&[f32]], symbols: usize, bits: u32, out: &mut [Vec<u32>]) {
-        let out = &mut out[..rows.len()];
-        let Some(pool) = self.pool.as_ref().filter(|_| rows.len() > 1) else {
-            return fill_run(rows, symbols, bits, &mut self.scratch[0], out);
-        };
-        let per = rows.len().div_ceil(self.scratch.len());
-        let scratch = &mut self.scratch;
-        pool.install(|| {
-            out.par_chunks_mut(per)
-                .zip(rows.par_chunks(per))
-                .zip(scratch.par_iter_mut())
-                .for_each(|((out, rows), weights)| fill_run(rows, symbols, bits, weights, out));
+        self.spread(symbols, &mut out[..rows.len()], |i, weights, cum| {
+            cum.resize(symbols + 1, 0);
+            logits_to_cum(rows[i], bits, weights, cum);
         });
     }
-}
 
-/// The tables of a contiguous run of rows, on the calling thread.
-fn fill_run(
-    rows: &[&[f32]],
-    symbols: usize,
-    bits: u32,
-    weights: &mut Vec<u32>,
-    out: &mut [Vec<u32>],
-) {
-    weights.resize(symbols, 0);
-    for (logits, cum) in rows.iter().zip(out) {
-        cum.resize(symbols + 1, 0);
-        logits_to_cum(logits, bits, weights, cum);
+    /// Writes, for each row `i`, the interval `(cum[s], cum[s + 1] − cum[s])` of symbol
+    /// `s = targets[i]` in the table [`Self::fill`] would make, without making it (see
+    /// [`logits_to_interval`]). Every target must be below `symbols`; `out` must have at
+    /// least `rows.len()` entries.
+    pub fn intervals(
+        &mut self,
+        rows: &[&[f32]],
+        symbols: usize,
+        bits: u32,
+        targets: &[Token],
+        out: &mut [(u32, u32)],
+    ) {
+        assert_eq!(rows.len(), targets.len());
+        self.spread(symbols, &mut out[..rows.len()], |i, weights, o| {
+            *o = logits_to_interval(rows[i], bits, weights, targets[i] as usize);
+        });
+    }
+
+    /// Calls `each(i, weights, &mut out[i])` for every `i`, on the pool where there is one:
+    /// contiguous runs of rows, one per worker, each with its own `weights` scratch of
+    /// `symbols` entries.
+    fn spread<T: Send>(
+        &mut self,
+        symbols: usize,
+        out: &mut [T],
+        each: impl Fn(usize, &mut Vec<u32>, &mut T) + Sync,
+    ) {
+        for w in &mut self.scratch {
+            w.resize(symbols, 0);
+        }
+        let run = |first: usize, weights: &mut Vec<u32>, out: &mut [T]| {
+            for (j, o) in out.iter_mut().enumerate() {
+                each(first + j, weights, o);
+            }
+        };
+        match self.pool.as_ref().filter(|_| out.len() > 1) {
+            None => run(0, &mut self.scratch[0], out),
+            Some(pool) => {
+                let per = out.len().div_ceil(self.scratch.len());
+                let scratch = &mut self.scratch;
+                pool.install(|| {
+                    out.par_chunks_mut(per)
+                        .zip(scratch.par_iter_mut())
+                        .enumerate()
+                        .for_each(|(c, (out, weights))| run(c * per, weights, out));
+                });
+            }
+        }
     }
 }
 
@@ -95,7 +123,8 @@ mod tests {
     use crate::model::quantize::tests::xorshift;
 
     /// Every thread count gives each row exactly the table [`logits_to_cum`] gives it alone,
-    /// in the row's own place, for row counts below, at and above the worker count.
+    /// and the interval of its target symbol in that table, in the row's own place, for row
+    /// counts below, at and above the worker count.
     #[test]
     fn any_thread_count_gives_each_row_its_own_table() {
         let symbols = 700;
@@ -131,6 +160,18 @@ mod tests {
                     "{threads} threads, {rows} rows"
                 );
                 assert!(out[rows..].iter().all(|o| o == &[7, 7, 7]));
+                let targets: Vec<Token> = (0..rows).map(|r| (r * 97 % symbols) as Token).collect();
+                let mut got = vec![(1, 1); 24];
+                t.intervals(&refs, symbols, 24, &targets, &mut got);
+                for (r, &s) in targets.iter().enumerate() {
+                    let (cum, s) = (&alone[r], s as usize);
+                    assert_eq!(
+                        got[r],
+                        (cum[s], cum[s + 1] - cum[s]),
+                        "{threads} threads, row {r}"
+                    );
+                }
+                assert!(got[rows..].iter().all(|&o| o == (1, 1)));
             }
         }
     }

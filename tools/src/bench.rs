@@ -79,14 +79,20 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
             ensure!(&r? == p, "round trip differs");
         }
         let kept: u64 = coded.iter().map(|c| c.header.tokens as u64).sum();
-        // The bare model for the same batch shapes: decoders feed one token per sequence per
-        // step; encoders, where the model allows, `ENCODE_CHUNK`.
-        let per_seq = (stats.tokens as usize).div_ceil(w.max(1));
+        // The bare model for the same batch shapes: one sequence per model-coded block, each
+        // as long as its block, so sequences leave the batch as blocks finish; decoders feed
+        // one token per sequence per step, encoders (where the model allows) `ENCODE_CHUNK`.
+        // (Blocks the encoder tried but did not keep are left out; for prose there are none.)
+        let lengths: Vec<usize> = coded
+            .iter()
+            .filter(|c| c.header.codec == Codec::Model)
+            .map(|c| c.header.tokens as usize)
+            .collect();
         let (raw, raw_chunked) = match model {
             Some(m) => (
-                m.raw_tokens_per_second(w, per_seq, 1)?,
+                m.raw_tokens_per_second(&lengths, 1)?,
                 if pack_profile.eval.rows > pack_profile.eval.steps * w as u64 {
-                    m.raw_tokens_per_second(w, per_seq, lmz::codec::ENCODE_CHUNK)?
+                    m.raw_tokens_per_second(&lengths, lmz::codec::ENCODE_CHUNK)?
                 } else {
                     None
                 },
@@ -130,19 +136,30 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         let tables: Vec<_> = alone
             .iter()
             .flatten()
-            .map(|(t, r)| serde_json::json!({ "threads": t, "tables_per_s": r }))
+            .map(|a| {
+                serde_json::json!({
+                    "threads": a.threads,
+                    "tables_per_s": a.tables_per_s,
+                    "intervals_per_s": a.intervals_per_s,
+                })
+            })
             .collect();
         let out = serde_json::json!({ "widths": rows, "tables_alone": tables });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         if let Some(alone) = &alone {
             println!();
-            println!("Frequency tables alone (no model step; the most tokens per second any backend could code):");
+            println!("Frequency tables alone (no model step: the most tokens per second any backend could code):");
             println!();
-            println!("| table threads | tables/s |");
-            println!("|---:|---:|");
-            for (t, r) in alone {
-                println!("| {t} | {r:.0} |");
+            println!(
+                "| table threads | whole tables/s (unpack) | one symbol's interval/s (pack) |"
+            );
+            println!("|---:|---:|---:|");
+            for a in alone {
+                println!(
+                    "| {} | {:.0} | {:.0} |",
+                    a.threads, a.tables_per_s, a.intervals_per_s
+                );
             }
         }
         println!();
@@ -173,27 +190,51 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
     Ok(())
 }
 
-/// Tables per second that [`lmz::model::tables::Tables`] makes from rows of `symbols` logits,
-/// on one thread and on every core: the ceiling of coding on a backend whose model step
-/// costs nothing (a GPU's is far from free, but the CPU waits idle during it).
-fn tables_alone(symbols: usize) -> Vec<(usize, f64)> {
+/// What [`lmz::model::tables::Tables`] makes per second from rows of `symbols` logits, with
+/// no model step: whole tables (what a decoder needs) and one symbol's interval (an
+/// encoder's), on one thread and on every core. The ceiling of coding on a backend whose
+/// model step costs nothing (a GPU's is far from free, but the CPU waits idle during it).
+struct Alone {
+    threads: usize,
+    tables_per_s: f64,
+    intervals_per_s: f64,
+}
+
+fn tables_alone(symbols: usize) -> Vec<Alone> {
     use lmz::model::tables::Tables;
     const ROWS: usize = 256;
+    let bits = lmz::format::FREQ_BITS as u32;
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
     let logits: Vec<Vec<f32>> = (0..ROWS)
         .map(|_| {
             (0..symbols)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x % 4000) as f32 / 100.0 - 20.0
-                })
+                .map(|_| (next() % 4000) as f32 / 100.0 - 20.0)
                 .collect()
         })
         .collect();
+    let targets: Vec<u32> = (0..ROWS)
+        .map(|_| (next() % symbols as u64) as u32)
+        .collect();
     let rows: Vec<&[f32]> = logits.iter().map(|l| l.as_slice()).collect();
-    let mut out = vec![Vec::new(); ROWS];
+    let mut tables_out = vec![Vec::new(); ROWS];
+    let mut intervals_out = vec![(0, 0); ROWS];
+    // Rows per second of `f`, run over all rows for half a second (after a warm-up run).
+    let rate = |f: &mut dyn FnMut()| {
+        f();
+        let start = Instant::now();
+        let mut n = 0;
+        while n < 4 * ROWS || start.elapsed().as_secs_f64() < 0.5 {
+            f();
+            n += ROWS;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = vec![1];
     if cores > 1 {
@@ -203,14 +244,14 @@ fn tables_alone(symbols: usize) -> Vec<(usize, f64)> {
         .into_iter()
         .map(|t| {
             let mut tables = Tables::new(t);
-            tables.fill(&rows, symbols, lmz::format::FREQ_BITS as u32, &mut out);
-            let start = Instant::now();
-            let mut n = 0;
-            while n < 4 * ROWS || start.elapsed().as_secs_f64() < 0.5 {
-                tables.fill(&rows, symbols, lmz::format::FREQ_BITS as u32, &mut out);
-                n += ROWS;
+            let tables_per_s = rate(&mut || tables.fill(&rows, symbols, bits, &mut tables_out));
+            let intervals_per_s =
+                rate(&mut || tables.intervals(&rows, symbols, bits, &targets, &mut intervals_out));
+            Alone {
+                threads: tables.threads(),
+                tables_per_s,
+                intervals_per_s,
             }
-            (tables.threads(), n as f64 / start.elapsed().as_secs_f64())
         })
         .collect()
 }

@@ -353,7 +353,8 @@ fn run_encode(
     }
 }
 
-/// [`Lockstep::decode`]'s schedule: the encoder's, one token per slot per step.
+/// [`Lockstep::decode`]'s schedule: the encoder's, one token per slot per step. Each step
+/// finds every slot's token from the point its range decoder is at, without whole tables.
 fn run_decode(
     bos: Token,
     eval: &mut dyn Evaluator,
@@ -366,8 +367,9 @@ fn run_decode(
     let mut lanes: Vec<Option<(usize, usize)>> = vec![None; width];
     let mut next_job = 0;
     let mut feed = Vec::with_capacity(width);
+    let mut points = Vec::with_capacity(width);
     let mut who = Vec::with_capacity(width);
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); width];
+    let mut out = vec![(0, 0, 0); width];
     loop {
         for (slot, lane) in lanes.iter_mut().enumerate() {
             while next_job < jobs.len() && jobs[next_job].n == 0 {
@@ -380,22 +382,36 @@ fn run_decode(
             }
         }
         feed.clear();
+        points.clear();
         who.clear();
-        for (slot, lane) in lanes.iter().enumerate() {
+        for (slot, lane) in lanes.iter_mut().enumerate() {
             if let Some((j, k)) = *lane {
+                match jobs[j].point() {
+                    Ok(c) => points.push(c),
+                    Err(e) => {
+                        // A stream no table could have produced: the block ends here.
+                        failed[j] = Some(e);
+                        *lane = None;
+                        continue;
+                    }
+                }
                 let tok = if k == 0 { bos } else { jobs[j].tokens[k - 1] };
                 feed.push((slot, tok));
                 who.push(slot);
             }
         }
         if feed.is_empty() {
-            return Ok(failed);
+            if lanes.iter().all(Option::is_none) && next_job >= jobs.len() {
+                return Ok(failed);
+            }
+            // Every block in flight failed before its step: refill and go on.
+            continue;
         }
-        eval.step(&feed, &mut out[..feed.len()])?;
+        eval.step_find(&feed, &points, &mut out[..feed.len()])?;
         let coding = std::time::Instant::now();
-        for (i, &slot) in who.iter().enumerate() {
+        for (&slot, &(s, lo, freq)) in who.iter().zip(&out) {
             let (j, k) = lanes[slot].expect("active lane");
-            match jobs[j].take(&out[i]) {
+            match jobs[j].take(s, lo, freq) {
                 Ok(()) if k + 1 < jobs[j].n => lanes[slot] = Some((j, k + 1)),
                 Ok(()) => lanes[slot] = None,
                 Err(e) => {
@@ -451,15 +467,20 @@ struct DecodeJob<'a, 'm> {
 }
 
 impl DecodeJob<'_, '_> {
-    /// Decodes the next token under the cumulative table `cum`.
-    fn take(&mut self, cum: &[u32]) -> Result<()> {
-        let t = self.dec.decode(cum, BITS).ok_or_else(|| {
+    /// Where in the next token's table the coded stream points.
+    fn point(&self) -> Result<u32> {
+        self.dec.point(BITS).ok_or_else(|| {
             Error::corrupt(
                 self.offset,
                 format!("block {}: invalid model-coded stream", self.block),
             )
-        })?;
-        let piece = self.model.piece(t as Token);
+        })
+    }
+
+    /// Takes token `t`, found at [`Self::point`] with interval `[lo, lo + freq)`.
+    fn take(&mut self, t: Token, lo: u32, freq: u32) -> Result<()> {
+        self.dec.consume(lo, freq, BITS);
+        let piece = self.model.piece(t);
         if self.plain.len() + piece.len() > self.limit {
             return Err(Error::corrupt(
                 self.offset,
@@ -467,7 +488,7 @@ impl DecodeJob<'_, '_> {
             ));
         }
         self.plain.extend_from_slice(piece);
-        self.tokens.push(t as Token);
+        self.tokens.push(t);
         Ok(())
     }
 }

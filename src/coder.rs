@@ -126,27 +126,40 @@ impl<'a> Decoder<'a> {
     /// `2^bits`). Returns `None` when the input cannot be a valid stream for this table.
     #[inline]
     pub fn decode(&mut self, cum: &[u32], bits: u32) -> Option<usize> {
+        let c = self.point(bits)?;
+        let s = find(cum, c)?;
+        self.consume(cum[s], cum[s + 1] - cum[s], bits);
+        Some(s)
+    }
+
+    /// The point `c` in `[0, 2^bits)` that selects the next symbol: the one whose interval
+    /// `[cum[s], cum[s + 1])` holds it. `None` when the input cannot be a valid stream. With
+    /// [`Self::consume`], this is [`Self::decode`] for callers that find the symbol without a
+    /// whole table.
+    #[inline]
+    pub fn point(&self, bits: u32) -> Option<u32> {
         let range = self.range as u64;
         let v = self.code as u64;
         if v >= range {
             return None;
         }
-        // Largest c with ⌊range·c / 2^bits⌋ ≤ v.
-        let c = (((v + 1) << bits) - 1) / range;
-        // Symbol s with cum[s] ≤ c < cum[s+1].
-        let s = cum.partition_point(|&x| x as u64 <= c).checked_sub(1)?;
-        if s + 1 >= cum.len() {
-            return None;
-        }
-        let lo = (range * cum[s] as u64) >> bits;
-        let hi = (range * cum[s + 1] as u64) >> bits;
-        self.code = (v - lo) as u32;
+        // Largest c with ⌊range·c / 2^bits⌋ ≤ v; below 2^bits since v < range.
+        Some(((((v + 1) << bits) - 1) / range) as u32)
+    }
+
+    /// Takes the symbol of interval `[start, start + freq)` out of `2^bits`, which must hold
+    /// [`Self::point`].
+    #[inline]
+    pub fn consume(&mut self, start: u32, freq: u32, bits: u32) {
+        let range = self.range as u64;
+        let lo = (range * start as u64) >> bits;
+        let hi = (range * (start as u64 + freq as u64)) >> bits;
+        self.code = (self.code as u64 - lo) as u32;
         self.range = (hi - lo) as u32;
         while self.range < TOP {
             self.range <<= 8;
             self.code = (self.code << 8) | self.next_byte() as u32;
         }
-        Some(s)
     }
 
     /// Bytes read so far, counting the zeros read past the end of the input. After the last
@@ -154,6 +167,12 @@ impl<'a> Decoder<'a> {
     pub fn consumed(&self) -> usize {
         self.pos
     }
+}
+
+/// The symbol `s` with `cum[s] ≤ c < cum[s + 1]`, if any.
+pub fn find(cum: &[u32], c: u32) -> Option<usize> {
+    let s = cum.partition_point(|&x| x <= c).checked_sub(1)?;
+    (s + 1 < cum.len()).then_some(s)
 }
 
 /// Ideal code length in bits of a symbol of frequency `freq` out of `2^bits`:

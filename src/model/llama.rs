@@ -758,6 +758,37 @@ impl Evaluator for LlamaEval<'_> {
         self.decode_tables(out)
     }
 
+    fn step_find(
+        &mut self,
+        feed: &[(usize, Token)],
+        points: &[u32],
+        out: &mut [(Token, u32, u32)],
+    ) -> Result<()> {
+        let rows = feed.len();
+        if points.len() != rows || out.len() < rows {
+            return Err(Error::ModelEval {
+                detail: format!(
+                    "{rows} tokens fed, {} points and {} results given",
+                    points.len(),
+                    out.len()
+                ),
+            });
+        }
+        if let Some(c) = points.iter().find(|&&c| c >= 1 << FREQ_BITS) {
+            return Err(Error::usage(format!("point {c} outside the table")));
+        }
+        self.batch.clear();
+        for &(slot, tok) in feed {
+            self.add(slot, tok)?;
+        }
+        let evaluated = self.decode()?;
+        let logits = logits_of(&self.ctx, rows);
+        self.tables
+            .find(&logits, self.symbols, FREQ_BITS as u32, points, out);
+        self.profile.freqs += evaluated.elapsed();
+        Ok(())
+    }
+
     fn step_intervals(
         &mut self,
         feed: &[(usize, &[Token])],

@@ -152,6 +152,36 @@ pub trait Evaluator {
         1
     }
 
+    /// For decoders, which know where in the next table their symbol lies before knowing the
+    /// symbol: appends one token to each listed slot, as [`Self::step`] does, and writes for
+    /// each the symbol `s` whose interval in the next token's table holds `points[i]` (each
+    /// below `2^24`), with that interval: `(s, cum[s], cum[s + 1] − cum[s])`. A model may find
+    /// it without writing the whole table. The default reads it off the tables (allocating
+    /// them: for models with small vocabularies).
+    fn step_find(
+        &mut self,
+        feed: &[(usize, Token)],
+        points: &[u32],
+        out: &mut [(Token, u32, u32)],
+    ) -> Result<()> {
+        if points.len() != feed.len() || out.len() < feed.len() {
+            return Err(Error::usage(format!(
+                "{} tokens fed, {} points and {} results given",
+                feed.len(),
+                points.len(),
+                out.len()
+            )));
+        }
+        let mut tables: Vec<Vec<u32>> = vec![Vec::new(); feed.len()];
+        self.step(feed, &mut tables)?;
+        for ((cum, &c), o) in tables.iter().zip(points).zip(out.iter_mut()) {
+            let s = crate::coder::find(cum, c)
+                .ok_or_else(|| Error::usage(format!("point {c} outside the table")))?;
+            *o = (s as Token, cum[s], cum[s + 1] - cum[s]);
+        }
+        Ok(())
+    }
+
     /// For encoders, which know every symbol before coding it: appends several tokens to
     /// each listed slot (`feed[i] = (slot, tokens)`, at most [`Self::chunk`] each) and writes,
     /// for every token fed, in order (all of `feed[0]`'s, then `feed[1]`'s, …), the interval

@@ -99,6 +99,43 @@ pub fn logits_to_interval(logits: &[f32], bits: u32, weights: &mut [u32], s: usi
     (lo, freq)
 }
 
+/// The symbol `s` whose interval `[cum[s], cum[s + 1])` in the table [`logits_to_cum`] would
+/// make holds `c` (`c < 2^bits`), and that interval as `(s, cum[s], cum[s + 1] − cum[s])`,
+/// without writing the table: all a decoder needs, which knows the point before asking.
+/// The same arithmetic, so the same numbers (tested).
+pub fn logits_find(logits: &[f32], bits: u32, weights: &mut [u32], c: u32) -> (usize, u32, u32) {
+    assert!((c as u64) < 1u64 << bits);
+    let (sum, best) = logits_to_weights(logits, bits, weights);
+    let k = scale_factor(weights.len(), sum, bits);
+    let left = ((1u64 << bits) - freq_sum(weights, k) as u64) as u32;
+    // cum[i] ≤ 2^bits for every i, so no sum below wraps. Whole blocks of 64 symbols are
+    // skipped on their (vectorised) sum; the block holding c is then walked one by one.
+    const BLOCK: usize = 64;
+    let mut acc = 0u32;
+    let mut start = 0;
+    for block in weights.chunks(BLOCK) {
+        let extra = if (start..start + block.len()).contains(&best) {
+            left
+        } else {
+            0
+        };
+        let total = freq_sum(block, k) + extra;
+        if c - acc < total {
+            break;
+        }
+        acc += total;
+        start += block.len();
+    }
+    for (s, &w) in weights.iter().enumerate().skip(start) {
+        let f = freq_of(w, k) + if s == best { left } else { 0 };
+        if c - acc < f {
+            return (s, acc, f);
+        }
+        acc += f;
+    }
+    unreachable!("the frequencies sum to 2^bits > c")
+}
+
 /// Quantized weights of `logits` into `weights` (the escapes past the logits get 0); returns
 /// their sum and the first most likely symbol.
 fn logits_to_weights(logits: &[f32], bits: u32, weights: &mut [u32]) -> (u64, usize) {
@@ -409,6 +446,15 @@ pub(crate) mod tests {
             for s in symbols {
                 let got = logits_to_interval(&logits, 24, &mut w1, s);
                 assert_eq!(got, (c2[s], freq(s)), "case {case}, symbol {s}");
+                // The decoder's search finds the symbol from any point of its interval.
+                for c in [
+                    c2[s],
+                    c2[s + 1] - 1,
+                    c2[s] + (next() % freq(s) as u64) as u32,
+                ] {
+                    let got = logits_find(&logits, 24, &mut w1, c);
+                    assert_eq!(got, (s, c2[s], freq(s)), "case {case}, point {c}");
+                }
             }
         }
     }

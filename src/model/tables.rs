@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::quantize::{logits_to_cum, logits_to_interval};
+use super::quantize::{logits_find, logits_to_cum, logits_to_interval};
 use super::Token;
 
 /// Turns rows of logits into cumulative frequency tables on `threads` threads.
@@ -84,6 +84,25 @@ impl Tables {
         });
     }
 
+    /// Writes, for each row `i`, the symbol `s` whose interval in the table [`Self::fill`]
+    /// would make holds point `points[i]`, with that interval: `(s, cum[s], cum[s + 1] −
+    /// cum[s])`, without making the table (see [`logits_find`]). Every point must be below
+    /// `2^bits`; `out` must have at least `rows.len()` entries.
+    pub fn find(
+        &mut self,
+        rows: &[&[f32]],
+        symbols: usize,
+        bits: u32,
+        points: &[u32],
+        out: &mut [(Token, u32, u32)],
+    ) {
+        assert_eq!(rows.len(), points.len());
+        self.spread(symbols, &mut out[..rows.len()], |i, weights, o| {
+            let (s, lo, freq) = logits_find(rows[i], bits, weights, points[i]);
+            *o = (s as Token, lo, freq);
+        });
+    }
+
     /// Calls `each(i, weights, &mut out[i])` for every `i`, on the pool where there is one:
     /// contiguous runs of rows, one per worker, each with its own `weights` scratch of
     /// `symbols` entries.
@@ -123,8 +142,8 @@ mod tests {
     use crate::model::quantize::tests::xorshift;
 
     /// Every thread count gives each row exactly the table [`logits_to_cum`] gives it alone,
-    /// and the interval of its target symbol in that table, in the row's own place, for row
-    /// counts below, at and above the worker count.
+    /// the interval of its target symbol in that table, and the symbol at its point, in the
+    /// row's own place, for row counts below, at and above the worker count.
     #[test]
     fn any_thread_count_gives_each_row_its_own_table() {
         let symbols = 700;
@@ -172,6 +191,20 @@ mod tests {
                     );
                 }
                 assert!(got[rows..].iter().all(|&o| o == (1, 1)));
+                let points: Vec<u32> = (0..rows)
+                    .map(|r| (r as u32 * 7_919_993) % (1 << 24))
+                    .collect();
+                let mut found = vec![(0, 0, 0); 24];
+                t.find(&refs, symbols, 24, &points, &mut found);
+                for (r, &c) in points.iter().enumerate() {
+                    let s = crate::coder::find(&alone[r], c).unwrap();
+                    let cum = &alone[r];
+                    assert_eq!(
+                        found[r],
+                        (s as Token, cum[s], cum[s + 1] - cum[s]),
+                        "{threads} threads, row {r}"
+                    );
+                }
             }
         }
     }

@@ -140,6 +140,7 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
                 serde_json::json!({
                     "threads": a.threads,
                     "tables_per_s": a.tables_per_s,
+                    "finds_per_s": a.finds_per_s,
                     "intervals_per_s": a.intervals_per_s,
                 })
             })
@@ -151,14 +152,12 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
             println!();
             println!("Frequency tables alone (no model step: the most tokens per second any backend could code):");
             println!();
-            println!(
-                "| table threads | whole tables/s (unpack) | one symbol's interval/s (pack) |"
-            );
-            println!("|---:|---:|---:|");
+            println!("| table threads | whole tables/s | symbol at a point/s (unpack) | one symbol's interval/s (pack) |");
+            println!("|---:|---:|---:|---:|");
             for a in alone {
                 println!(
-                    "| {} | {:.0} | {:.0} |",
-                    a.threads, a.tables_per_s, a.intervals_per_s
+                    "| {} | {:.0} | {:.0} | {:.0} |",
+                    a.threads, a.tables_per_s, a.finds_per_s, a.intervals_per_s
                 );
             }
         }
@@ -191,12 +190,13 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
 }
 
 /// What [`lmz::model::tables::Tables`] makes per second from rows of `symbols` logits, with
-/// no model step: whole tables (what a decoder needs) and one symbol's interval (an
-/// encoder's), on one thread and on every core. The ceiling of coding on a backend whose
+/// no model step: whole tables, the symbol at a point (what a decoder needs) and one
+/// symbol's interval (an encoder's), on one thread and on every core. The ceiling of coding on a backend whose
 /// model step costs nothing (a GPU's is far from free, but the CPU waits idle during it).
 struct Alone {
     threads: usize,
     tables_per_s: f64,
+    finds_per_s: f64,
     intervals_per_s: f64,
 }
 
@@ -221,9 +221,11 @@ fn tables_alone(symbols: usize) -> Vec<Alone> {
     let targets: Vec<u32> = (0..ROWS)
         .map(|_| (next() % symbols as u64) as u32)
         .collect();
+    let points: Vec<u32> = (0..ROWS).map(|_| (next() % (1 << bits)) as u32).collect();
     let rows: Vec<&[f32]> = logits.iter().map(|l| l.as_slice()).collect();
     let mut tables_out = vec![Vec::new(); ROWS];
     let mut intervals_out = vec![(0, 0); ROWS];
+    let mut finds_out = vec![(0, 0, 0); ROWS];
     // Rows per second of `f`, run over all rows for half a second (after a warm-up run).
     let rate = |f: &mut dyn FnMut()| {
         f();
@@ -245,11 +247,14 @@ fn tables_alone(symbols: usize) -> Vec<Alone> {
         .map(|t| {
             let mut tables = Tables::new(t);
             let tables_per_s = rate(&mut || tables.fill(&rows, symbols, bits, &mut tables_out));
+            let finds_per_s =
+                rate(&mut || tables.find(&rows, symbols, bits, &points, &mut finds_out));
             let intervals_per_s =
                 rate(&mut || tables.intervals(&rows, symbols, bits, &targets, &mut intervals_out));
             Alone {
                 threads: tables.threads(),
                 tables_per_s,
+                finds_per_s,
                 intervals_per_s,
             }
         })

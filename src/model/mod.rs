@@ -4,9 +4,11 @@
 //! fixed byte string, its *piece*) and creates [`Evaluator`]s. An evaluator holds `width`
 //! independent sequences ("slots"), one per block in flight, and advances any subset of them
 //! by one token per [`Evaluator::step`]; each step yields, for every slot fed, the integer
-//! cumulative frequency table of the next token. Encoders, which know the next token, ask
-//! [`Evaluator::step_intervals`] for just its interval in that table (and may feed several
-//! tokens per slot per step). The coder only ever sees those integers.
+//! cumulative frequency table of the next token. The coders ask for only what they need of
+//! it: encoders, which know the next token, for its interval
+//! ([`Evaluator::step_intervals`], possibly several tokens per slot per step); decoders, which
+//! know the point their range decoder is at, for the token there ([`Evaluator::step_find`]).
+//! The coder only ever sees those integers.
 //!
 //! Two implementations: [`order1::Order1`], a small deterministic pure-Rust model for tests,
 //! fuzzing and builds without llama.cpp; and `llama::LlamaLm` (feature `llama`), the only

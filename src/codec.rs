@@ -686,6 +686,38 @@ mod tests {
         assert!(decode_all(&m, &coded, 1)[0].is_err());
     }
 
+    /// A stream no table can have produced (its code at the top of the range) fails its
+    /// block before the block's first step, and the lanes go on with the other blocks: at
+    /// width 1, where every lane in flight has failed, and at width 2.
+    #[test]
+    fn invalid_stream_fails_its_block_only() {
+        let m = Order1::default();
+        let texts: Vec<Vec<u8>> = (0..4).map(|i| markov_text(i + 80, 300)).collect();
+        let plains: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
+        let (mut coded, _) = encode_blocks(Some(&m), &plains, 2, 19).unwrap();
+        assert!(coded.iter().all(|c| c.header.codec == Codec::Model));
+        for bad in [0, 2] {
+            coded[bad].payload = vec![0xFF; 4];
+            coded[bad].header.coded_len = 4;
+            coded[bad].header.coded_crc = crc32fast::hash(&coded[bad].payload);
+        }
+        for width in [1, 2] {
+            let results = decode_all(&m, &coded, width);
+            for (i, (r, t)) in results.into_iter().zip(&texts).enumerate() {
+                match r {
+                    Ok(p) => {
+                        assert!(i % 2 == 1, "block {i} decoded");
+                        assert_eq!(&p, t);
+                    }
+                    Err(e) => {
+                        assert!(i % 2 == 0, "block {i}: {e}");
+                        assert!(e.to_string().contains("invalid model-coded stream"), "{e}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The order-1 model with a width limit, or declaring itself not batch-invariant; it
     /// fails any request for an evaluator wider than it allows.
     struct Limited {

@@ -5,8 +5,10 @@
 //! width exactly as they were encoded. Measured (../shared/llama-facts.md and our tests) this
 //! holds with llama.cpp built with `GGML_LLAMAFILE=OFF` (pinned in `.cargo/config.toml`),
 //! flash attention off and a non-unified KV cache, for Q4_0/Q4_1/Q8_0 weights. Those settings
-//! are forced here and recorded in the header's model pin; the evaluation schedule is one
-//! token per sequence per `llama_decode`, all sequences of a step in one batch.
+//! are forced here and recorded in the header's model pin. The evaluation schedule is one
+//! token per sequence per `llama_decode` for decoders, and up to 16 for encoders where a probe
+//! at load shows that exact; all sequences of a step go in one batch, and the step's rows of
+//! logits become integers on [`Tables`]' worker pool.
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -655,6 +657,15 @@ impl LlamaEval<'_> {
         Ok(())
     }
 
+    /// Appends one token to each listed slot (`feed[i] = (slot, token)`) to a fresh batch.
+    fn batch_tokens(&mut self, feed: &[(usize, Token)]) -> Result<()> {
+        self.batch.clear();
+        for &(slot, tok) in feed {
+            self.add(slot, tok)?;
+        }
+        Ok(())
+    }
+
     /// Appends each slot's tokens (`feed[i] = (slot, tokens)`, at most `chunk` each) to a
     /// fresh batch.
     fn batch_chunks(&mut self, feed: &[(usize, &[Token])]) -> Result<()> {
@@ -751,10 +762,7 @@ impl Evaluator for LlamaEval<'_> {
     }
 
     fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
-        self.batch.clear();
-        for &(slot, tok) in feed {
-            self.add(slot, tok)?;
-        }
+        self.batch_tokens(feed)?;
         self.decode_tables(out)
     }
 
@@ -777,10 +785,7 @@ impl Evaluator for LlamaEval<'_> {
         if let Some(c) = points.iter().find(|&&c| c >= 1 << FREQ_BITS) {
             return Err(Error::usage(format!("point {c} outside the table")));
         }
-        self.batch.clear();
-        for &(slot, tok) in feed {
-            self.add(slot, tok)?;
-        }
+        self.batch_tokens(feed)?;
         let evaluated = self.decode()?;
         let logits = logits_of(&self.ctx, rows);
         self.tables

@@ -237,7 +237,10 @@ impl<'m> Lockstep<'m> {
             need = 1;
         }
         let tokens = tokens.max(1);
-        let chunk = if encoding && model.chunks_exact() {
+        // The multi-token probe runs at the widest shape this context steps (one slot when
+        // narrowed); narrower steps, as blocks run out, are left to the block CRCs.
+        let probe_width = if self.narrowed { 1 } else { self.width };
+        let chunk = if encoding && model.chunks_exact(probe_width) {
             ENCODE_CHUNK
         } else {
             1

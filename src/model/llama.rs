@@ -78,6 +78,34 @@ fn table_sum(cum: &[u32]) -> u32 {
     h.finalize()
 }
 
+/// `probe`'s verdict for `width`, run once per width and remembered in `cache`; `no` is what
+/// a "not exact" verdict means, logged. A probe that cannot run counts as not exact, which
+/// only costs speed.
+fn probed(
+    cache: &std::sync::Mutex<Vec<(usize, bool)>>,
+    width: usize,
+    probe: impl FnOnce() -> Result<bool>,
+    no: &str,
+) -> bool {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, exact)) = cache.iter().find(|&&(w, _)| w == width) {
+        return exact;
+    }
+    let exact = match probe() {
+        Ok(true) => true,
+        Ok(false) => {
+            log::info!("{no}");
+            false
+        }
+        Err(e) => {
+            log::warn!("could not run a determinism probe ({e}): {no}");
+            false
+        }
+    };
+    cache.push((width, exact));
+    exact
+}
+
 /// llama.cpp's backend may be initialised once per process.
 fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
@@ -134,8 +162,8 @@ pub struct LlamaLm {
     table_threads: usize,
     /// [`backend_in_use`], as recorded in headers.
     backend: String,
-    /// Result of [`LlamaLm::probe_chunks`], run on first need.
-    chunks_exact: OnceLock<bool>,
+    /// Results of [`LlamaLm::probe_chunks`] by width.
+    chunks_exact: std::sync::Mutex<Vec<(usize, bool)>>,
     /// Result of [`LlamaLm::probe_lockstep`], run on first need.
     lockstep_exact: OnceLock<bool>,
     /// Results of [`LlamaLm::probe_wide`] by width.
@@ -222,7 +250,7 @@ impl LlamaLm {
             threads,
             table_threads,
             backend,
-            chunks_exact: OnceLock::new(),
+            chunks_exact: std::sync::Mutex::new(Vec::new()),
             lockstep_exact: OnceLock::new(),
             wide_exact: std::sync::Mutex::new(Vec::new()),
             reference: OnceLock::new(),
@@ -394,38 +422,15 @@ impl Model for LlamaLm {
         if !small || width <= PROBE_SEQS {
             return small;
         }
-        let mut wide = self.wide_exact.lock().unwrap_or_else(|e| e.into_inner());
         // Kernels are chosen by batch size, so one width proves nothing about another.
-        if let Some(&(_, exact)) = wide.iter().find(|&&(w, _)| w == width) {
-            return exact;
-        }
-        let exact = match self.probe_wide(width) {
-            Ok(exact) => exact,
-            Err(e) => {
-                log::warn!("could not probe batches of {width} ({e}); coding one block at a time");
-                false
-            }
-        };
-        if !exact {
-            log::info!("batches of {width} sequences change this model's logits on this build");
-        }
-        wide.push((width, exact));
-        exact
+        let no = format!("batches of {width} sequences change this model's logits on this build; coding one block at a time");
+        probed(&self.wide_exact, width, || self.probe_wide(width), &no)
     }
 
-    fn chunks_exact(&self) -> bool {
-        *self.chunks_exact.get_or_init(|| match self.probe_chunks() {
-            Ok(exact) => {
-                if !exact {
-                    log::info!("multi-token steps are not bit-exact with this model and build; encoding one token per step");
-                }
-                exact
-            }
-            Err(e) => {
-                log::warn!("could not probe multi-token steps ({e}); encoding one token per step");
-                false
-            }
-        })
+    fn chunks_exact(&self, width: usize) -> bool {
+        let width = width.clamp(1, MAX_SEQS);
+        let no = format!("multi-token steps ({width} × 16 tokens) are not bit-exact with this model and build; encoding one token per step");
+        probed(&self.chunks_exact, width, || self.probe_chunks(width), &no)
     }
 
     fn raw_tokens_per_second(&self, lengths: &[usize], chunk: usize) -> Result<Option<f64>> {
@@ -551,23 +556,26 @@ impl LlamaLm {
         Ok(true)
     }
 
-    /// Whether feeding 16 tokens per step, two sequences at once, gives exactly the frequency
-    /// tables of one token per step, for this model file, build and machine. The encoder
-    /// relies on it only after this check; the block CRC catches anything it could miss.
-    fn probe_chunks(&self) -> Result<bool> {
+    /// Whether feeding 16 tokens per step (the encoder's chunk), `width` sequences at once,
+    /// gives exactly the frequency tables of one token per step, for this model file, build
+    /// and machine: the encoder's own step shape, since a backend may choose its kernels (and
+    /// their order of summation) by the number of rows. The encoder relies on it only after
+    /// this check; the block CRC catches anything it could miss.
+    fn probe_chunks(&self, width: usize) -> Result<bool> {
         let reference = self.reference()?;
         let toks = self.probe_tokens();
         let chunk = 16;
-        let mut a = self.new_eval(2, toks.len(), chunk)?;
-        let mut rows = vec![Vec::new(); 2 * chunk];
+        let mut e = self.new_eval(width, toks.len(), chunk)?;
         let mut k = 0;
         for piece in toks.chunks(chunk) {
-            let feed = [(0, piece), (1, piece)];
-            a.step_chunks(&feed, &mut rows)?;
-            for (j, r) in rows[..2 * piece.len()].iter().enumerate() {
-                if table_sum(r) != reference[k + j % piece.len()] {
-                    return Ok(false);
-                }
+            let feed: Vec<(usize, &[Token])> = (0..width).map(|slot| (slot, piece)).collect();
+            let sums = e.step_chunk_sums(&feed)?;
+            if sums
+                .iter()
+                .enumerate()
+                .any(|(j, &sum)| sum != reference[k + j % piece.len()])
+            {
+                return Ok(false);
             }
             k += piece.len();
         }
@@ -721,11 +729,28 @@ impl LlamaEval<'_> {
         Ok(())
     }
 
-    /// Feeds several tokens to each listed slot in one step and writes the table after each
-    /// of them, in order: all rows of `feed[0]`, then of `feed[1]`, … (the chunk probe).
-    fn step_chunks(&mut self, feed: &[(usize, &[Token])], out: &mut [Vec<u32>]) -> Result<()> {
+    /// Feeds several tokens to each listed slot in one step and returns the checksum of the
+    /// table after each of them, in order: all rows of `feed[0]`, then of `feed[1]`, … (the
+    /// chunk probe: one table at a time, where a step of `width` × 16 rows would hold
+    /// hundreds of megabytes of tables).
+    fn step_chunk_sums(&mut self, feed: &[(usize, &[Token])]) -> Result<Vec<u32>> {
         self.batch_chunks(feed)?;
-        self.decode_tables(out)
+        let rows = self.batch.n_tokens() as usize;
+        self.decode()?;
+        let logits = logits_of(&self.ctx, rows);
+        let mut table = [Vec::new()];
+        Ok(logits
+            .iter()
+            .map(|row| {
+                self.tables.fill(
+                    std::slice::from_ref(row),
+                    self.symbols,
+                    FREQ_BITS as u32,
+                    &mut table,
+                );
+                table_sum(&table[0])
+            })
+            .collect())
     }
 }
 

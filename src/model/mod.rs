@@ -79,10 +79,10 @@ pub trait Model: Send + Sync {
         chunk: usize,
     ) -> Result<Box<dyn Evaluator + '_>>;
 
-    /// Whether feeding a slot several tokens in one step gives exactly the distributions of
-    /// feeding them one per step. Encoders know every token in advance and use it when true;
-    /// decoders never can. Default: false.
-    fn chunks_exact(&self) -> bool {
+    /// Whether feeding slots several tokens each in one step, `width` slots at once, gives
+    /// exactly the distributions of feeding one slot one token per step. Encoders know every
+    /// token in advance and use it when true; decoders never can. Default: false.
+    fn chunks_exact(&self, _width: usize) -> bool {
         false
     }
 

@@ -311,8 +311,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // not part of the throughput being measured.
         for &w in args.widths.iter().chain([&args.m.width(Some(m))]) {
             m.lockstep_exact(w);
+            m.chunks_exact(w);
         }
-        m.chunks_exact();
     }
     if !args.widths.is_empty() {
         return widths(&args, model);

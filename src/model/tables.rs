@@ -1,15 +1,17 @@
-//! One model step's frequency tables, many rows at once, over a pool of worker threads.
+//! One model step's frequency work, many rows at once, over a pool of worker threads.
 //!
 //! A step yields a row of logits for every token fed: W rows when W blocks decode in
-//! lockstep, up to 16·W when encoding. Each row becomes a table by [`logits_to_cum`] alone,
+//! lockstep, up to 16·W when encoding. Each row is turned into integers by `quantize` alone —
+//! a whole table ([`logits_to_cum`]), the interval of a known symbol (encoders,
+//! [`logits_to_interval`]) or the symbol at a point (decoders, [`logits_find`]) —
 //! independently of every other row, so spreading rows over threads cannot change a bit and
 //! the thread count is not part of the archive's pin.
 //!
 //! Whether it pays depends on where the model runs. On a CPU the model's own threads use every
-//! core and the tables are 1–3% of a step (README, profile table); one table thread is best
-//! there, since extra workers only contend with llama.cpp's. On a GPU the CPU waits idle during
-//! the step and the tables become the bound: SmolLM2's 49,408-symbol table takes ~55 µs on one
-//! core, capping one thread near 18,000 tokens/s whatever the GPU does.
+//! core and this work is 1–2% of a step (README, profile table); one thread is best there,
+//! since extra workers only contend with llama.cpp's. On a GPU the CPU waits idle during the
+//! step and this work becomes the bound: for SmolLM2's 49,408 symbols it takes 40–60 µs per
+//! row on one core, capping one thread near 20,000 tokens/s whatever the GPU does.
 //!
 //! The pool is persistent (rayon): spawning threads for every step would cost tens of µs per
 //! thread against a step's few hundred µs of tables. Rows are cut into one contiguous run per

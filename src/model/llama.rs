@@ -24,7 +24,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::fetch::ModelFile;
 use super::tables::Tables;
-use super::{EvalProfile, Evaluator, Model, Token};
+use super::{check_rows, EvalProfile, Evaluator, Model, Token};
 use crate::error::{Error, Result};
 use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
 
@@ -798,15 +798,7 @@ impl Evaluator for LlamaEval<'_> {
         out: &mut [(Token, u32, u32)],
     ) -> Result<()> {
         let rows = feed.len();
-        if points.len() != rows || out.len() < rows {
-            return Err(Error::ModelEval {
-                detail: format!(
-                    "{rows} tokens fed, {} points and {} results given",
-                    points.len(),
-                    out.len()
-                ),
-            });
-        }
+        check_rows(rows, points.len(), out.len(), "points")?;
         if let Some(c) = points.iter().find(|&&c| c >= 1 << FREQ_BITS) {
             return Err(Error::usage(format!("point {c} outside the table")));
         }
@@ -825,22 +817,14 @@ impl Evaluator for LlamaEval<'_> {
         symbols: &[Token],
         out: &mut [(u32, u32)],
     ) -> Result<()> {
-        self.batch_chunks(feed)?;
-        let rows = self.batch.n_tokens() as usize;
-        if symbols.len() != rows || out.len() < rows {
-            return Err(Error::ModelEval {
-                detail: format!(
-                    "{rows} tokens fed, {} symbols and {} intervals given",
-                    symbols.len(),
-                    out.len()
-                ),
-            });
-        }
+        let rows = feed.iter().map(|(_, t)| t.len()).sum();
+        check_rows(rows, symbols.len(), out.len(), "symbols")?;
         if let Some(s) = symbols.iter().find(|&&s| s as usize >= self.symbols) {
             return Err(Error::usage(format!(
                 "symbol {s} outside the model's vocabulary"
             )));
         }
+        self.batch_chunks(feed)?;
         let evaluated = self.decode()?;
         let logits = logits_of(&self.ctx, rows);
         self.tables

@@ -166,14 +166,7 @@ pub trait Evaluator {
         points: &[u32],
         out: &mut [(Token, u32, u32)],
     ) -> Result<()> {
-        if points.len() != feed.len() || out.len() < feed.len() {
-            return Err(Error::usage(format!(
-                "{} tokens fed, {} points and {} results given",
-                feed.len(),
-                points.len(),
-                out.len()
-            )));
-        }
+        check_rows(feed.len(), points.len(), out.len(), "points")?;
         let mut tables: Vec<Vec<u32>> = vec![Vec::new(); feed.len()];
         self.step(feed, &mut tables)?;
         for ((cum, &c), o) in tables.iter().zip(points).zip(out.iter_mut()) {
@@ -203,13 +196,7 @@ pub trait Evaluator {
             starts.push(row);
             row += toks.len();
         }
-        if symbols.len() != row || out.len() < row {
-            return Err(Error::usage(format!(
-                "{row} tokens fed, {} symbols and {} intervals given",
-                symbols.len(),
-                out.len()
-            )));
-        }
+        check_rows(row, symbols.len(), out.len(), "symbols")?;
         let longest = feed.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
         let mut single = Vec::with_capacity(feed.len());
         let mut rows = Vec::with_capacity(feed.len());
@@ -236,4 +223,15 @@ pub trait Evaluator {
         }
         Ok(())
     }
+}
+
+/// Checks a step's arguments: one `what` given per token fed (`given` of them for `rows`
+/// tokens) and room for `room` results. An error here is the caller's.
+pub(crate) fn check_rows(rows: usize, given: usize, room: usize, what: &str) -> Result<()> {
+    if given != rows || room < rows {
+        return Err(Error::usage(format!(
+            "{rows} tokens fed with {given} {what}, and room for {room} results"
+        )));
+    }
+    Ok(())
 }

@@ -721,10 +721,16 @@ impl LlamaEval<'_> {
                 detail: format!("{rows} rows evaluated, room for {} tables", out.len()),
             });
         }
+        self.evaluate(|tables, logits, symbols| tables.fill(logits, symbols, FREQ_BITS as u32, out))
+    }
+
+    /// Evaluates the batch and hands its rows of logits, in batch order, to `integers`
+    /// (with the table pool and the symbol count), counting that time as frequency work.
+    fn evaluate(&mut self, integers: impl FnOnce(&mut Tables, &[&[f32]], usize)) -> Result<()> {
+        let rows = self.batch.n_tokens() as usize;
         let evaluated = self.decode()?;
         let logits = logits_of(&self.ctx, rows);
-        self.tables
-            .fill(&logits, self.symbols, FREQ_BITS as u32, out);
+        integers(&mut self.tables, &logits, self.symbols);
         self.profile.freqs += evaluated.elapsed();
         Ok(())
     }
@@ -735,22 +741,23 @@ impl LlamaEval<'_> {
     /// hundreds of megabytes of tables).
     fn step_chunk_sums(&mut self, feed: &[(usize, &[Token])]) -> Result<Vec<u32>> {
         self.batch_chunks(feed)?;
-        let rows = self.batch.n_tokens() as usize;
-        self.decode()?;
-        let logits = logits_of(&self.ctx, rows);
-        let mut table = [Vec::new()];
-        Ok(logits
-            .iter()
-            .map(|row| {
-                self.tables.fill(
-                    std::slice::from_ref(row),
-                    self.symbols,
-                    FREQ_BITS as u32,
-                    &mut table,
-                );
-                table_sum(&table[0])
-            })
-            .collect())
+        let mut sums = Vec::new();
+        self.evaluate(|tables, logits, symbols| {
+            let mut table = [Vec::new()];
+            sums = logits
+                .iter()
+                .map(|row| {
+                    tables.fill(
+                        std::slice::from_ref(row),
+                        symbols,
+                        FREQ_BITS as u32,
+                        &mut table,
+                    );
+                    table_sum(&table[0])
+                })
+                .collect();
+        })?;
+        Ok(sums)
     }
 }
 
@@ -803,12 +810,9 @@ impl Evaluator for LlamaEval<'_> {
             return Err(Error::usage(format!("point {c} outside the table")));
         }
         self.batch_tokens(feed)?;
-        let evaluated = self.decode()?;
-        let logits = logits_of(&self.ctx, rows);
-        self.tables
-            .find(&logits, self.symbols, FREQ_BITS as u32, points, out);
-        self.profile.freqs += evaluated.elapsed();
-        Ok(())
+        self.evaluate(|tables, logits, symbols| {
+            tables.find(logits, symbols, FREQ_BITS as u32, points, out)
+        })
     }
 
     fn step_intervals(
@@ -825,12 +829,9 @@ impl Evaluator for LlamaEval<'_> {
             )));
         }
         self.batch_chunks(feed)?;
-        let evaluated = self.decode()?;
-        let logits = logits_of(&self.ctx, rows);
-        self.tables
-            .intervals(&logits, self.symbols, FREQ_BITS as u32, symbols, out);
-        self.profile.freqs += evaluated.elapsed();
-        Ok(())
+        self.evaluate(|tables, logits, n| {
+            tables.intervals(logits, n, FREQ_BITS as u32, symbols, out)
+        })
     }
 }
 

@@ -15,6 +15,8 @@
 //! code that touches llama.cpp.
 
 pub mod fetch;
+pub mod gguf;
+pub mod gguf_write;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod order1;

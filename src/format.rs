@@ -44,8 +44,12 @@ pub enum ModelKind {
     None = 0,
     /// The built-in adaptive order-1 byte model (tests, fuzzing, machines without llama.cpp).
     Order1 = 1,
-    /// A GGUF model evaluated by llama.cpp.
+    /// A GGUF model evaluated by llama.cpp: probabilities are whatever the pinned llama.cpp
+    /// build computes on the writer's class of machine.
     Llama = 2,
+    /// A GGUF Llama-architecture model evaluated by "lmz transformer v1", the arithmetic
+    /// FORMAT.md §20 specifies: the same probabilities on every machine.
+    Portable = 3,
 }
 
 impl ModelKind {
@@ -54,6 +58,7 @@ impl ModelKind {
             0 => ModelKind::None,
             1 => ModelKind::Order1,
             2 => ModelKind::Llama,
+            3 => ModelKind::Portable,
             _ => return None,
         })
     }
@@ -67,6 +72,9 @@ pub enum Tokenizer {
     Bytes = 1,
     /// llama.cpp's tokenizer, each token's bytes being `llama_token_to_piece(special = false)`.
     LlamaPieces = 2,
+    /// The GGUF vocabulary's own byte strings (FORMAT.md §20.1): byte-level BPE text decoded
+    /// to bytes, no llama.cpp involved.
+    GgufPieces = 3,
 }
 
 impl Tokenizer {
@@ -75,6 +83,7 @@ impl Tokenizer {
             0 => Tokenizer::None,
             1 => Tokenizer::Bytes,
             2 => Tokenizer::LlamaPieces,
+            3 => Tokenizer::GgufPieces,
             _ => return None,
         })
     }
@@ -99,6 +108,8 @@ pub struct ModelPin {
     /// Evaluation schedule 1: one token per sequence per model step (sequences may share a
     /// step), logits of every step read back in full.
     pub schedule: u8,
+    /// Kind 2: llama.cpp flash attention (0 = off). Kind 3: the version of the specified
+    /// arithmetic ("lmz transformer v1" = 1), the same header byte (37).
     pub flash_attn: u8,
     pub kv_unified: u8,
     /// KV cache element type: 1 = f16.
@@ -332,7 +343,7 @@ fn validate_pin(p: &ModelPin) -> Result<()> {
                 return bad(20, "model fields set in an archive without a model");
             }
         }
-        ModelKind::Order1 | ModelKind::Llama => {
+        ModelKind::Order1 | ModelKind::Llama | ModelKind::Portable => {
             if p.freq_bits != FREQ_BITS {
                 return Err(Error::Unsupported {
                     offset: 21,
@@ -354,10 +365,10 @@ fn validate_pin(p: &ModelPin) -> Result<()> {
                     detail: "context policy or evaluation schedule unknown".into(),
                 });
             }
-            let want_tok = if p.kind == ModelKind::Order1 {
-                Tokenizer::Bytes
-            } else {
-                Tokenizer::LlamaPieces
+            let want_tok = match p.kind {
+                ModelKind::Order1 => Tokenizer::Bytes,
+                ModelKind::Portable => Tokenizer::GgufPieces,
+                _ => Tokenizer::LlamaPieces,
             };
             if p.tokenizer != want_tok {
                 return bad(22, "tokenizer does not belong to the model kind");

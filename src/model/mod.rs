@@ -14,13 +14,16 @@
 //! fuzzing and builds without llama.cpp; and `llama::LlamaLm` (feature `llama`), the only
 //! code that touches llama.cpp.
 
+pub mod bpe;
 pub mod fetch;
 pub mod gguf;
 pub mod gguf_write;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod order1;
+pub mod portable;
 pub mod quantize;
+pub mod synthetic;
 pub mod tables;
 
 use std::time::Duration;
@@ -120,6 +123,10 @@ pub struct EvalProfile {
     pub model: Duration,
     /// Logits → frequency tables.
     pub freqs: Duration,
+    /// Of `model`: matrix products and attention, where the engine can tell (the portable
+    /// engine; zero for llama.cpp).
+    pub matmul: Duration,
+    pub attention: Duration,
 }
 
 impl EvalProfile {
@@ -128,6 +135,8 @@ impl EvalProfile {
         self.rows += o.rows;
         self.model += o.model;
         self.freqs += o.freqs;
+        self.matmul += o.matmul;
+        self.attention += o.attention;
     }
 }
 

@@ -28,8 +28,9 @@ pub struct BenchArgs {
     limit: Option<u64>,
     #[arg(long, default_value_t = 8192)]
     block_size: u32,
-    #[arg(long, value_enum, default_value_t = Engine::Llama)]
-    engine: Engine,
+    /// Engines to measure, one after another in this run (e.g. `portable,llama`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Engine::bench_default())]
+    engine: Vec<Engine>,
     /// Skip xz and zstd.
     #[arg(long)]
     no_baselines: bool,
@@ -51,7 +52,7 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
     let mut rows = Vec::new();
     let mut profiles = Vec::new();
     if !args.json {
-        println!("| W | blocks × bytes | tokens | pack tok/s | raw llama.cpp, pack's steps | pack / raw | unpack tok/s | raw llama.cpp, 1 token per step | unpack / raw | pack B/s | unpack B/s |");
+        println!("| W | blocks × bytes | tokens | pack tok/s | raw model, pack's steps | pack / raw | unpack tok/s | raw model, 1 token per step | unpack / raw | pack B/s | unpack B/s |");
         println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
     for &w in &args.widths {
@@ -164,8 +165,8 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
         println!();
         println!("Per coded token (µs) and share of the run's wall time:");
         println!();
-        println!("| W | pass | model step | frequency table | range coder | rest (tokenize, zstd, setup) | tokens per model step |");
-        println!("|---:|---|---:|---:|---:|---:|---:|");
+        println!("| W | pass | model step | of which matrix products | of which attention | frequency table | range coder | rest (tokenize, zstd, setup) | tokens per model step |");
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
         for (w, pack, unpack) in &profiles {
             for (pass, p) in [("pack", pack), ("unpack", unpack)] {
                 let cell = |k: &str| {
@@ -176,8 +177,10 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
                     )
                 };
                 println!(
-                    "| {w} | {pass} | {} | {} | {} | {} | {:.1} |",
+                    "| {w} | {pass} | {} | {} | {} | {} | {} | {} | {:.1} |",
                     cell("model"),
+                    cell("matmul"),
+                    cell("attention"),
                     cell("freqs"),
                     cell("coder"),
                     cell("rest"),
@@ -274,6 +277,8 @@ fn profile_json(p: &lmz::codec::Profile, wall: f64) -> serde_json::Value {
         "steps": p.eval.steps,
         "tokens_per_step": p.eval.rows as f64 / p.eval.steps.max(1) as f64,
         "model": part(model),
+        "matmul": part(p.eval.matmul.as_secs_f64()),
+        "attention": part(p.eval.attention.as_secs_f64()),
         "freqs": part(freqs),
         "coder": part(coder),
         "rest": part((wall - model - freqs - coder).max(0.0)),
@@ -297,7 +302,21 @@ fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
+    for (i, &e) in args.engine.iter().enumerate() {
+        if args.engine.len() > 1 && !args.json {
+            if i > 0 {
+                println!();
+            }
+            println!("### engine: {}", e.name());
+            println!();
+        }
+        run_engine(&args, e)?;
+    }
+    Ok(())
+}
+
+fn run_engine(args: &BenchArgs, engine: Engine) -> Result<()> {
+    let model = engine::load_for_pack(engine, args.block_size, &args.m)?;
     let model = model.as_deref();
     if let Some(m) = model {
         for &w in &args.widths {
@@ -315,7 +334,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     if !args.widths.is_empty() {
-        return widths(&args, model);
+        return widths(args, model);
     }
     let mut rows = Vec::new();
     if !args.json {

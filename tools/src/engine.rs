@@ -8,12 +8,44 @@ use crate::ModelArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
-    /// The language model (llama.cpp).
+    /// The language model through lmz's own specified arithmetic: archives decode on every
+    /// machine (model kind 3). Llama-architecture GGUF models with Q4_0/Q4_1/Q8_0/F16/F32
+    /// weights.
+    Portable,
+    /// The language model through llama.cpp: fastest on GPUs and for other architectures,
+    /// but its archives decode only on machines of the writer's class (model kind 2).
     Llama,
     /// The built-in adaptive order-1 byte model.
     Order1,
     /// No model: zstd or stored blocks only.
     None,
+}
+
+impl Engine {
+    /// `--engine`'s default for pack.
+    pub const DEFAULT: Engine = if cfg!(feature = "llama") {
+        Engine::Llama
+    } else {
+        Engine::Portable
+    };
+
+    /// What `lmz bench` measures when not told: every language-model engine of this build.
+    pub fn bench_default() -> Vec<Engine> {
+        if cfg!(feature = "llama") {
+            vec![Engine::Portable, Engine::Llama]
+        } else {
+            vec![Engine::Portable]
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Portable => "portable",
+            Engine::Llama => "llama",
+            Engine::Order1 => "order1",
+            Engine::None => "none",
+        }
+    }
 }
 
 /// Most tokens a model block of `block_size` bytes may hold: one per byte, the format's
@@ -36,6 +68,11 @@ pub fn load_for_pack(
             lmz::model::fetch::Want::Default,
             max_block_tokens(block_size),
         )?),
+        Engine::Portable => Some(load_portable(
+            m,
+            lmz::model::fetch::Want::Default,
+            max_block_tokens(block_size),
+        )?),
     })
 }
 
@@ -52,6 +89,27 @@ pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn
             },
             h.pin.max_block_tokens,
         )?,
+        ModelKind::Portable => {
+            let v = h.pin.flash_attn;
+            if v != lmz::model::portable::ARITH_VERSION {
+                return Err(lmz::Error::ModelMismatch {
+                    expected: format!("lmz transformer arithmetic version {v}"),
+                    found: format!(
+                        "this lmz implements version {} only: decode with an lmz that \
+                         implements version {v}",
+                        lmz::model::portable::ARITH_VERSION
+                    ),
+                });
+            }
+            load_portable(
+                m,
+                lmz::model::fetch::Want::Pinned {
+                    pin: &h.pin,
+                    name: &h.model_name,
+                },
+                h.pin.max_block_tokens,
+            )?
+        }
     };
     if model.pin() != h.pin {
         return Err(lmz::Error::ModelMismatch {
@@ -60,9 +118,10 @@ pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn
         });
     }
     // The backend is a diagnostic, not part of the pin (FORMAT.md §4.2): another one may
-    // compute other logits, which the block CRCs then catch. Say so before that happens.
+    // compute other logits, which the block CRCs then catch. Say so before that happens
+    // (kind 3 computes the same logits everywhere, by specification).
     let ours = model.backend();
-    if !h.backend.is_empty() && h.backend != ours {
+    if h.pin.kind == ModelKind::Llama && !h.backend.is_empty() && h.backend != ours {
         log::warn!(
             "the archive was written on {} and this lmz evaluates on {ours}: llama.cpp's results \
              can differ between backends and devices, so model-coded blocks may fail their checks",
@@ -70,6 +129,22 @@ pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn
         );
     }
     Ok(Some(model))
+}
+
+fn load_portable(
+    m: &ModelArgs,
+    want: lmz::model::fetch::Want<'_>,
+    max_tokens: u32,
+) -> lmz::Result<Box<dyn Model>> {
+    use lmz::model::portable::{PortableLm, PortableOptions};
+    let file = lmz::model::fetch::resolve(m.model.as_deref(), want)?;
+    log::debug!("model: {}", file.describe());
+    let opts = PortableOptions {
+        threads: m.threads.unwrap_or(0),
+        table_threads: m.table_threads,
+        kernels: None,
+    };
+    Ok(Box::new(PortableLm::load(&file, max_tokens, opts)?))
 }
 
 #[cfg(feature = "llama")]

@@ -1,0 +1,724 @@
+//! The portable engine: "lmz transformer v1" (model kind 3), a Llama-architecture forward
+//! pass whose arithmetic FORMAT.md §20 specifies operation by operation, so that an archive
+//! decodes bit for bit on every machine, with any kernel set, thread count or batch shape —
+//! and can be decoded by an implementation written from the spec alone.
+//!
+//! The recipe: matrix products are exact integer sums (activations quantized to 8 bits per
+//! block of 32, [`kernels`]), combined per block in a fixed order; every other operation is
+//! an IEEE binary32 operation in a stated order, with `exp`, `sin`, `cos`, `ln` given as
+//! algorithms ([`arith`]) instead of borrowed from libm. SIMD kernels are chosen at run time
+//! and must equal the scalar reference bit for bit (tested); `LMZ_KERNELS` forces one.
+//!
+//! Pure Rust: the GGUF file is parsed ([`super::gguf`]) and tokenized ([`super::bpe`])
+//! without llama.cpp, so a build without C or C++ code reads and writes kind-3 archives.
+
+pub mod arith;
+pub mod attention;
+pub mod forward;
+pub mod kernels;
+
+use std::time::Instant;
+
+use forward::{Cache, Config, Layer, Row, Scratch, StepTimes, Weights};
+use kernels::{KernelSet, Matrix, WeightType};
+
+use super::bpe::Bpe;
+use super::fetch::ModelFile;
+use super::gguf::Gguf;
+use super::tables::Tables;
+use super::{check_rows, EvalProfile, Evaluator, Model, Token};
+use crate::error::{Error, Result};
+use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
+
+/// The arithmetic's version, pinned in header byte 37 (FORMAT.md §20.9).
+pub const ARITH_VERSION: u8 = 1;
+
+/// The header's diagnostic `engine_version` string.
+pub const ENGINE_VERSION: &str = concat!("lmz transformer v1 (lmz ", env!("CARGO_PKG_VERSION"), ")");
+
+/// Settings of a portable evaluation that do not change probabilities.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PortableOptions {
+    /// Threads for the model (rows, heads and output columns are split, never a sum); 0 =
+    /// every core. Clamped to the machine's cores.
+    pub threads: usize,
+    /// Threads turning logits into frequencies; `None` = the model's threads (they are idle
+    /// while the tables are made, unlike llama.cpp's).
+    pub table_threads: Option<usize>,
+    /// `None`: [`KernelSet::from_env`] (`LMZ_KERNELS`, else the best this CPU runs).
+    pub kernels: Option<KernelSet>,
+}
+
+pub struct PortableLm {
+    w: Weights,
+    pin: ModelPin,
+    name: String,
+    bpe: Bpe,
+    /// Every symbol's bytes: the vocabulary's pieces, then the 256 raw-byte escapes.
+    pieces: Vec<Vec<u8>>,
+    /// The lowest token whose piece is exactly byte `b`.
+    byte_token: [Option<Token>; 256],
+    n_model: usize,
+    escape_input: Token,
+    kernels: KernelSet,
+    table_threads: usize,
+    pool: Option<rayon::ThreadPool>,
+}
+
+fn bad(file: &ModelFile, detail: impl std::fmt::Display) -> Error {
+    Error::ModelUnavailable {
+        detail: format!("{}: {detail}", file.path.display()),
+    }
+}
+
+/// The machine's CPU, as the header's diagnostic string records it.
+pub fn cpu_features() -> String {
+    let mut f = vec![std::env::consts::ARCH.to_string()];
+    f.extend(
+        KernelSet::available()
+            .iter()
+            .filter(|k| **k != KernelSet::Scalar)
+            .map(|k| k.name().to_string()),
+    );
+    f.join(" ")
+}
+
+impl PortableLm {
+    /// Loads a verified GGUF model file (its hash already computed: the pin names it).
+    pub fn load(file: &ModelFile, max_block_tokens: u32, opts: PortableOptions) -> Result<Self> {
+        let kernels = match opts.kernels {
+            Some(k) => k,
+            None => KernelSet::from_env()?,
+        };
+        let g = Gguf::open(&file.path)?;
+        let arch = g.get_str("general.architecture")?.unwrap_or("");
+        if arch != "llama" {
+            return Err(bad(
+                file,
+                format!(
+                    "architecture {arch:?}: the portable engine runs Llama-architecture models \
+                     (use --engine llama for others)"
+                ),
+            ));
+        }
+        let w = load_weights(&g, file)?;
+        let bpe = Bpe::from_gguf(&g)?;
+        let n = w.cfg.n_vocab;
+        if bpe.len() != n {
+            return Err(bad(
+                file,
+                format!(
+                    "{} tokens in the vocabulary, {n} rows in token_embd.weight",
+                    bpe.len()
+                ),
+            ));
+        }
+        let mut pieces: Vec<Vec<u8>> = (0..n as u32).map(|t| bpe.piece(t).to_vec()).collect();
+        pieces.extend((0..=255u8).map(|b| vec![b]));
+        let mut byte_token = [None; 256];
+        for (t, p) in pieces.iter().enumerate().rev() {
+            if p.len() == 1 {
+                byte_token[p[0] as usize] = Some(t as Token);
+            }
+        }
+        let escape_input = byte_token[b'?' as usize]
+            .filter(|&t| (t as usize) < n)
+            .unwrap_or(0);
+        let bos = g
+            .get_u32("tokenizer.ggml.bos_token_id")?
+            .filter(|&b| (b as usize) < n)
+            .unwrap_or(0);
+        let pin = ModelPin {
+            kind: ModelKind::Portable,
+            sha256: file.sha256,
+            size: file.size,
+            vocab_size: n as u32 + 256,
+            freq_bits: FREQ_BITS,
+            tokenizer: Tokenizer::GgufPieces,
+            context_policy: 1,
+            bos,
+            max_block_tokens,
+            schedule: 1,
+            flash_attn: ARITH_VERSION,
+            kv_unified: 0,
+            kv_type: 1,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if opts.threads == 0 {
+            cores
+        } else {
+            opts.threads.min(cores)
+        };
+        let table_threads = opts.table_threads.unwrap_or(threads).clamp(1, cores);
+        let pool = if threads > 1 {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("lmz-model-{i}"))
+                .build()
+                .map_err(|e| log::warn!("model on one thread: {e}"))
+                .ok()
+        } else {
+            None
+        };
+        log::debug!(
+            "portable engine: {} kernels, {threads} threads, weights {:.1} MB",
+            kernels.name(),
+            w.heap_bytes() as f64 / 1e6
+        );
+        Ok(PortableLm {
+            w,
+            pin,
+            name: file.name.clone(),
+            bpe,
+            pieces,
+            byte_token,
+            n_model: n,
+            escape_input,
+            kernels,
+            table_threads,
+            pool,
+        })
+    }
+
+    pub fn kernels(&self) -> KernelSet {
+        self.kernels
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.w.cfg
+    }
+
+    fn bytes_as_tokens(&self, bytes: &[u8], out: &mut Vec<Token>) -> Option<()> {
+        for &b in bytes {
+            out.push(self.byte_token[b as usize]?);
+        }
+        Some(())
+    }
+
+    /// Valid UTF-8 through the BPE tokenizer; a line whose tokens do not give back its exact
+    /// bytes (never seen, but the pieces are the contract) is coded as byte tokens.
+    fn tokenize_text(&self, text: &[u8], out: &mut Vec<Token>) -> Option<()> {
+        if text.is_empty() {
+            return Some(());
+        }
+        if let Some(t) = self.bpe.tokenize(text).filter(|t| self.pieces_match(t, text)) {
+            out.extend(t);
+            return Some(());
+        }
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            match self.bpe.tokenize(line).filter(|t| self.pieces_match(t, line)) {
+                Some(t) => out.extend(t),
+                None => self.bytes_as_tokens(line, out)?,
+            }
+        }
+        Some(())
+    }
+
+    fn pieces_match(&self, tokens: &[Token], text: &[u8]) -> bool {
+        let mut pos = 0;
+        for &t in tokens {
+            let p = self.piece(t);
+            if text.len() < pos + p.len() || &text[pos..pos + p.len()] != p {
+                return false;
+            }
+            pos += p.len();
+        }
+        pos == text.len()
+    }
+
+    fn new_eval(&self, width: usize, tokens: usize, chunk: usize) -> PortableEval<'_> {
+        let width = width.max(1);
+        PortableEval {
+            m: self,
+            caches: (0..width).map(|_| Cache::default()).collect(),
+            capacity: tokens.clamp(1, self.pin.max_block_tokens as usize),
+            chunk: chunk.max(1),
+            rows: Vec::new(),
+            scratch: Scratch::default(),
+            tables: Tables::new(self.table_threads),
+            profile: EvalProfile::default(),
+            times: StepTimes::default(),
+        }
+    }
+}
+
+/// The hyperparameters and tensors (FORMAT.md §20.2), checked for consistency: every shape
+/// the forward pass relies on is verified here, so evaluation cannot index out of bounds.
+fn load_weights(g: &Gguf, file: &ModelFile) -> Result<Weights> {
+    let key = |k: &str| -> Result<u32> {
+        g.get_u32(&format!("llama.{k}"))?
+            .ok_or_else(|| bad(file, format!("metadata llama.{k} missing or not an integer")))
+    };
+    let n_embd = key("embedding_length")? as usize;
+    let n_layer = key("block_count")? as usize;
+    let n_head = key("attention.head_count")? as usize;
+    let n_head_kv = g
+        .get_u32("llama.attention.head_count_kv")?
+        .unwrap_or(n_head as u32) as usize;
+    let n_ff = key("feed_forward_length")? as usize;
+    let eps = g
+        .get_f32("llama.attention.layer_norm_rms_epsilon")?
+        .ok_or_else(|| bad(file, "metadata llama.attention.layer_norm_rms_epsilon missing"))?;
+    let rope_base = g.get_f32("llama.rope.freq_base")?.unwrap_or(10_000.0);
+    if n_embd == 0 || n_head == 0 || n_head_kv == 0 || n_layer == 0 || n_ff == 0 {
+        return Err(bad(file, "zero model dimension"));
+    }
+    if n_embd % n_head != 0 || n_head % n_head_kv != 0 || (n_embd / n_head) % 2 != 0 {
+        return Err(bad(
+            file,
+            format!("inconsistent heads: width {n_embd}, {n_head} heads, {n_head_kv} KV heads"),
+        ));
+    }
+    let head_dim = n_embd / n_head;
+    if let Some(r) = g.get_u32("llama.rope.dimension_count")? {
+        if r as usize != head_dim {
+            return Err(bad(
+                file,
+                format!("partial RoPE ({r} of {head_dim} dimensions) is not supported"),
+            ));
+        }
+    }
+    if let Some(t) = g.get_str("llama.rope.scaling.type")? {
+        if t != "none" {
+            return Err(bad(file, format!("RoPE scaling {t:?} is not supported")));
+        }
+    }
+    if n_layer > 4096 || n_embd > 1 << 16 || n_ff > 1 << 18 {
+        return Err(bad(file, "model dimensions beyond what lmz accepts"));
+    }
+    if !(eps.is_finite() && eps >= 0.0) || !(rope_base.is_finite() && rope_base > 1.0) {
+        return Err(bad(file, "RMS epsilon or RoPE base out of range"));
+    }
+    let matrix = |name: &str, cols: usize, rows: Option<usize>| -> Result<Matrix> {
+        let t = g
+            .tensor(name)
+            .ok_or_else(|| bad(file, format!("tensor {name} missing")))?;
+        let dims = &t.dims;
+        let ok_rows = dims.len() == 2 && rows.is_none_or(|r| dims[1] == r as u64);
+        if !ok_rows || dims[0] != cols as u64 || dims[1] == 0 || dims[1] > 1 << 24 {
+            return Err(bad(
+                file,
+                format!("tensor {name} has shape {dims:?}, expected [{cols}, {rows:?}]"),
+            ));
+        }
+        let ty = WeightType::from_ggml(t.ggml_type).ok_or_else(|| {
+            bad(
+                file,
+                format!(
+                    "tensor {name} has ggml type {}: the portable engine takes F32, F16, Q4_0, \
+                     Q4_1 and Q8_0 (use --engine llama for others)",
+                    t.ggml_type
+                ),
+            )
+        })?;
+        Matrix::from_gguf(ty, g.tensor_data(t), cols, dims[1] as usize)
+            .map_err(|e| bad(file, format!("tensor {name}: {e}")))
+    };
+    let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let m = matrix_vec(g, file, name, len)?;
+        Ok(m)
+    };
+    let token_embd = matrix("token_embd.weight", n_embd, None)?;
+    let n_vocab = token_embd.rows();
+    let kvd = n_head_kv * head_dim;
+    let mut layers = Vec::with_capacity(n_layer);
+    for i in 0..n_layer {
+        let p = |s: &str| format!("blk.{i}.{s}.weight");
+        layers.push(Layer {
+            attn_norm: vector(&p("attn_norm"), n_embd)?,
+            wq: matrix(&p("attn_q"), n_embd, Some(n_embd))?,
+            wk: matrix(&p("attn_k"), n_embd, Some(kvd))?,
+            wv: matrix(&p("attn_v"), n_embd, Some(kvd))?,
+            wo: matrix(&p("attn_output"), n_embd, Some(n_embd))?,
+            ffn_norm: vector(&p("ffn_norm"), n_embd)?,
+            gate: matrix(&p("ffn_gate"), n_embd, Some(n_ff))?,
+            up: matrix(&p("ffn_up"), n_embd, Some(n_ff))?,
+            down: matrix(&p("ffn_down"), n_ff, Some(n_embd))?,
+        });
+    }
+    let output_norm = vector("output_norm.weight", n_embd)?;
+    let output = match g.tensor("output.weight") {
+        Some(_) => Some(matrix("output.weight", n_embd, Some(n_vocab))?),
+        None => None,
+    };
+    let cfg = Config {
+        n_embd,
+        n_layer,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_ff,
+        n_vocab,
+        eps,
+        rope_base,
+    };
+    Ok(Weights {
+        freqs: arith::rope_freqs(rope_base, head_dim),
+        cfg,
+        token_embd,
+        layers,
+        output_norm,
+        output,
+    })
+}
+
+/// A one-dimensional F32 or F16 tensor of `len` values (the norms' weights).
+fn matrix_vec(g: &Gguf, file: &ModelFile, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = g
+        .tensor(name)
+        .ok_or_else(|| bad(file, format!("tensor {name} missing")))?;
+    if t.dims.len() != 1 || t.dims[0] != len as u64 {
+        return Err(bad(
+            file,
+            format!("tensor {name} has shape {:?}, expected [{len}]", t.dims),
+        ));
+    }
+    let ty = WeightType::from_ggml(t.ggml_type)
+        .ok_or_else(|| bad(file, format!("tensor {name}: ggml type {}", t.ggml_type)))?;
+    let m = Matrix::from_gguf(ty, g.tensor_data(t), len, 1)
+        .map_err(|e| bad(file, format!("tensor {name}: {e}")))?;
+    let mut out = vec![0.0f32; len];
+    m.row_f32(0, &mut out);
+    Ok(out)
+}
+
+impl Model for PortableLm {
+    fn pin(&self) -> ModelPin {
+        self.pin.clone()
+    }
+
+    fn header(&self, block_size: u32) -> Header {
+        Header {
+            block_size,
+            pin: self.pin(),
+            model_name: self.name.clone(),
+            backend: format!("rust {}", self.kernels.name()),
+            engine_version: ENGINE_VERSION.into(),
+            cpu_features: cpu_features(),
+        }
+    }
+
+    fn backend(&self) -> String {
+        format!("rust {}", self.kernels.name())
+    }
+
+    fn default_width(&self) -> usize {
+        16
+    }
+
+    fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>> {
+        let mut out = Vec::with_capacity(bytes.len() / 3 + 1);
+        let mut rest = bytes;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(_) => {
+                    self.tokenize_text(rest, &mut out)?;
+                    return Some(out);
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    self.tokenize_text(valid, &mut out)?;
+                    let bad = e.error_len().unwrap_or(after.len());
+                    self.bytes_as_tokens(&after[..bad], &mut out)?;
+                    rest = &after[bad..];
+                }
+            }
+        }
+    }
+
+    fn worth_coding(&self, plain: &[u8], tokens: &[Token]) -> bool {
+        // As for the llama engine: below 1.5 bytes per token the block is binary-like.
+        tokens.len() * 3 <= plain.len() * 2
+    }
+
+    fn piece(&self, t: Token) -> &[u8] {
+        self.pieces.get(t as usize).map_or(&[], |p| p.as_slice())
+    }
+
+    fn evaluator(
+        &self,
+        width: usize,
+        tokens: usize,
+        chunk: usize,
+    ) -> Result<Box<dyn Evaluator + '_>> {
+        Ok(Box::new(self.new_eval(width, tokens, chunk)))
+    }
+
+    /// Exact by construction (module doc of `forward`).
+    fn chunks_exact(&self, _width: usize) -> bool {
+        true
+    }
+
+    fn raw_tokens_per_second(&self, lengths: &[usize], chunk: usize) -> Result<Option<f64>> {
+        let chunk = chunk.max(1);
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let mut e = self.new_eval(lengths.len(), longest, chunk);
+        let longest = longest.min(e.capacity + 1);
+        let start = Instant::now();
+        let mut fed = 0;
+        for k in (0..longest).step_by(chunk) {
+            e.rows.clear();
+            for (slot, &len) in lengths.iter().enumerate() {
+                for p in k..(k + chunk).min(len.min(longest)) {
+                    let tok = if p == 0 {
+                        self.pin.bos
+                    } else {
+                        ((p * 7919 + slot * 104_729) % self.n_model) as u32
+                    };
+                    e.rows.push(Row { slot, token: tok });
+                }
+            }
+            e.evaluate()?;
+            fed += e.rows.len();
+        }
+        Ok(Some(fed as f64 / start.elapsed().as_secs_f64()))
+    }
+}
+
+struct PortableEval<'m> {
+    m: &'m PortableLm,
+    caches: Vec<Cache>,
+    /// Most tokens per sequence, BOS excluded.
+    capacity: usize,
+    chunk: usize,
+    /// The step being built.
+    rows: Vec<Row>,
+    scratch: Scratch,
+    tables: Tables,
+    profile: EvalProfile,
+    times: StepTimes,
+}
+
+impl PortableEval<'_> {
+    /// Appends `tok` for `slot`; an escape symbol is fed as the escape input token.
+    fn add(&mut self, slot: usize, tok: Token) -> Result<()> {
+        if slot >= self.caches.len() {
+            return Err(Error::usage(format!("slot {slot} outside the batch")));
+        }
+        let queued = self.rows.iter().filter(|r| r.slot == slot).count();
+        if self.caches[slot].len + queued > self.capacity {
+            return Err(Error::ModelEval {
+                detail: format!("sequence {slot} exceeds its context"),
+            });
+        }
+        let token = if tok as usize >= self.m.n_model {
+            self.m.escape_input
+        } else {
+            tok
+        };
+        self.rows.push(Row { slot, token });
+        Ok(())
+    }
+
+    /// Runs the model on `self.rows`; the logits are in `self.scratch.logits`.
+    fn evaluate(&mut self) -> Result<Instant> {
+        let start = Instant::now();
+        let m = self.m;
+        m.w.forward(
+            m.kernels,
+            m.pool.as_ref(),
+            &self.rows,
+            &mut self.caches,
+            &mut self.scratch,
+            &mut self.times,
+        );
+        let done = Instant::now();
+        self.profile.steps += 1;
+        self.profile.rows += self.rows.len() as u64;
+        self.profile.model += done - start;
+        Ok(done)
+    }
+
+    fn integers(&mut self, f: impl FnOnce(&mut Tables, &[&[f32]], usize)) -> Result<()> {
+        let done = self.evaluate()?;
+        let nv = self.m.n_model;
+        let rows: Vec<&[f32]> = self.scratch.logits.chunks_exact(nv).collect();
+        f(&mut self.tables, &rows, self.m.pieces.len());
+        self.profile.freqs += done.elapsed();
+        Ok(())
+    }
+
+}
+
+impl Evaluator for PortableEval<'_> {
+    fn profile(&self) -> EvalProfile {
+        EvalProfile {
+            matmul: self.times.matmul,
+            attention: self.times.attention,
+            ..self.profile
+        }
+    }
+
+    fn width(&self) -> usize {
+        self.caches.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    fn reset(&mut self, slot: usize) -> Result<()> {
+        let c = self
+            .caches
+            .get_mut(slot)
+            .ok_or_else(|| Error::usage(format!("slot {slot} outside the batch")))?;
+        c.clear();
+        Ok(())
+    }
+
+    fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
+        if out.len() < feed.len() {
+            return Err(Error::usage("room for fewer tables than tokens fed"));
+        }
+        self.rows.clear();
+        for &(slot, tok) in feed {
+            self.add(slot, tok)?;
+        }
+        self.integers(|tables, logits, symbols| {
+            tables.fill(logits, symbols, FREQ_BITS as u32, out)
+        })
+    }
+
+    fn step_find(
+        &mut self,
+        feed: &[(usize, Token)],
+        points: &[u32],
+        out: &mut [(Token, u32, u32)],
+    ) -> Result<()> {
+        check_rows(feed.len(), points.len(), out.len(), "points")?;
+        if let Some(c) = points.iter().find(|&&c| c >= 1 << FREQ_BITS) {
+            return Err(Error::usage(format!("point {c} outside the table")));
+        }
+        self.rows.clear();
+        for &(slot, tok) in feed {
+            self.add(slot, tok)?;
+        }
+        self.integers(|tables, logits, symbols| {
+            tables.find(logits, symbols, FREQ_BITS as u32, points, out)
+        })
+    }
+
+    fn step_intervals(
+        &mut self,
+        feed: &[(usize, &[Token])],
+        symbols: &[Token],
+        out: &mut [(u32, u32)],
+    ) -> Result<()> {
+        let rows = feed.iter().map(|(_, t)| t.len()).sum();
+        check_rows(rows, symbols.len(), out.len(), "symbols")?;
+        if let Some(s) = symbols.iter().find(|&&s| s as usize >= self.m.pieces.len()) {
+            return Err(Error::usage(format!(
+                "symbol {s} outside the model's vocabulary"
+            )));
+        }
+        self.rows.clear();
+        for &(slot, toks) in feed {
+            if toks.len() > self.chunk {
+                return Err(Error::usage(format!(
+                    "{} tokens for one sequence in one step",
+                    toks.len()
+                )));
+            }
+            for &t in toks {
+                self.add(slot, t)?;
+            }
+        }
+        self.integers(|tables, logits, n| {
+            tables.intervals(logits, n, FREQ_BITS as u32, symbols, out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    use crate::model::fetch;
+
+    pub fn default_model() -> Option<ModelFile> {
+        let dir = fetch::cache_dir()?;
+        let path = dir.join(fetch::DEFAULT_MODEL.file_name);
+        if !path.exists() {
+            eprintln!("default model not cached: skipped");
+            return None;
+        }
+        let (sha256, size) = fetch::hash_file(&path).ok()?;
+        Some(ModelFile {
+            path,
+            sha256,
+            size,
+            name: fetch::DEFAULT_MODEL.name.into(),
+        })
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::default_model;
+    use super::*;
+
+    /// Bits per byte of the default model on the start of alice29.txt, one token per step and
+    /// in 16-token chunks: a smoke test of the whole forward pass (a wrong operation shows as
+    /// many bits per byte) and of chunk exactness. `cargo test --release -p lmz portable::tests::alice -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn alice_bits_per_byte() {
+        let Some(file) = default_model() else { return };
+        let m = PortableLm::load(&file, 8192, PortableOptions::default()).unwrap();
+        let text = std::fs::read("/work/shared/corpus/alice29.txt").unwrap();
+        let text = &text[..1500];
+        let toks = m.tokenize(text).unwrap();
+        let n = toks.len();
+        let mut e = m.evaluator(1, n, 16).unwrap();
+        let input: Vec<Token> = std::iter::once(m.pin.bos).chain(toks[..n - 1].iter().copied()).collect();
+        let start = Instant::now();
+        let mut out = vec![(0u32, 0u32); n];
+        for (k, c) in input.chunks(16).enumerate() {
+            e.step_intervals(&[(0, c)], &toks[k * 16..k * 16 + c.len()], &mut out[k * 16..k * 16 + c.len()])
+                .unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let bits: f64 = out.iter().map(|&(_, f)| 24.0 - (f as f64).log2()).sum();
+        let p = e.profile();
+        eprintln!(
+            "{n} tokens, {:.3} bits/byte, {:.1} tokens/s (chunked); model {:?} (matmul {:?}, attention {:?}), tables {:?}",
+            bits / text.len() as f64,
+            n as f64 / secs,
+            p.model, p.matmul, p.attention, p.freqs
+        );
+        let mut e1 = m.evaluator(1, n, 1).unwrap();
+        let start = Instant::now();
+        let mut one = vec![(0u32, 0u32); 1];
+        for (j, &t) in input.iter().enumerate().take(64) {
+            e1.step_intervals(&[(0, &[t][..])], &toks[j..j + 1], &mut one).unwrap();
+            assert_eq!(one[0], out[j], "token {j}: chunked vs one at a time");
+        }
+        eprintln!("one token per step: {:.1} tokens/s", 64.0 / start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod debug_logits {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn print_logits() {
+        let Some(file) = super::tests_support::default_model() else { return };
+        let m = PortableLm::load(&file, 8192, PortableOptions::default()).unwrap();
+        let mut e = m.new_eval(1, 16, 1);
+        for t in [1u32, 504, 2823] {
+            e.rows.clear();
+            e.rows.push(Row { slot: 0, token: t });
+            e.evaluate().unwrap();
+            let lg = &e.scratch.logits[..m.n_model];
+            let mut idx: Vec<usize> = (0..lg.len()).collect();
+            idx.sort_by(|&a, &b| lg[b].total_cmp(&lg[a]));
+            eprintln!("{t} top {:?} first {:?}", &idx[..5], &lg[..4]);
+        }
+    }
+}

@@ -14,10 +14,16 @@
 //! encoder, knowing every token, feeds up to [`ENCODE_CHUNK`] per slot per step where the
 //! model proves that exact, and asks only for the interval of each token it codes; the
 //! decoder needs each whole table to find its token.
+//!
+//! A model block whose payload CRC holds but whose tokens do not give back its bytes was not
+//! damaged in transit. Under llama.cpp (model kind 2) that is what a machine computing other
+//! probabilities than the writer's looks like, and it is reported as such
+//! ([`Error::ModelDiverged`], naming both machines); under models that compute the same on
+//! every machine it can only be damage behind a forged checksum, and stays corruption.
 
 use crate::coder::{ideal_bits, Decoder, Encoder};
-use crate::error::{Error, Result};
-use crate::format::{BlockHeader, Codec, FREQ_BITS};
+use crate::error::{Error, Machine, Result};
+use crate::format::{BlockHeader, Codec, Header, ModelKind, FREQ_BITS};
 use crate::model::{EvalProfile, Evaluator, Model, Token};
 
 const BITS: u32 = FREQ_BITS as u32;
@@ -174,6 +180,8 @@ pub struct Lockstep<'m> {
     profile: Profile,
     /// Whether the width was cut to 1 for a model that is not batch-invariant (said once).
     narrowed: bool,
+    /// The machine the archive being decoded was written on, for divergence errors.
+    writer: Machine,
 }
 
 impl<'m> Lockstep<'m> {
@@ -187,6 +195,18 @@ impl<'m> Lockstep<'m> {
             eval: None,
             profile: Profile::default(),
             narrowed: false,
+            writer: Machine::default(),
+        }
+    }
+
+    /// Records that the blocks decoded next belong to the archive whose header is `h`: a
+    /// block that diverges names the machine it says it was written on.
+    pub fn set_writer(&mut self, h: &Header) {
+        if self.writer.backend != h.backend
+            || self.writer.engine_version != h.engine_version
+            || self.writer.cpu_features != h.cpu_features
+        {
+            self.writer = Machine::of(h);
         }
     }
 
@@ -281,7 +301,7 @@ impl<'m> Lockstep<'m> {
     /// Decodes each job's block, `width` blocks at a time, one token per slot per step. A
     /// job that fails is reported through its slot and its lane refilled; the others
     /// continue. A failure of the model itself ends the run.
-    fn decode(&mut self, jobs: &mut [DecodeJob<'_, '_>]) -> Result<Vec<Option<Error>>> {
+    fn decode(&mut self, jobs: &mut [DecodeJob<'_, '_>]) -> Result<Vec<Option<Mismatch>>> {
         let tokens = jobs.iter().map(|j| j.n).max().unwrap_or(0);
         let (model, _) = self.prepare(jobs.len(), tokens, false)?;
         let eval = self.eval.as_deref_mut().expect("prepared");
@@ -363,8 +383,8 @@ fn run_decode(
     eval: &mut dyn Evaluator,
     jobs: &mut [DecodeJob<'_, '_>],
     coder: &mut std::time::Duration,
-) -> Result<Vec<Option<Error>>> {
-    let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
+) -> Result<Vec<Option<Mismatch>>> {
+    let mut failed: Vec<Option<Mismatch>> = jobs.iter().map(|_| None).collect();
     let width = eval.width();
     // lane → (job index, next step k)
     let mut lanes: Vec<Option<(usize, usize)>> = vec![None; width];
@@ -465,34 +485,97 @@ struct DecodeJob<'a, 'm> {
     n: usize,
     plain: Vec<u8>,
     limit: usize,
-    block: u64,
-    offset: u64,
+}
+
+/// How a model-coded block whose payload CRC held failed to give back its bytes.
+#[derive(Clone, Copy, Debug)]
+enum Mismatch {
+    /// The coded stream points where no table can have put it.
+    Stream,
+    /// The tokens spell more bytes than the block holds.
+    Overflow,
+    /// The payload goes on after the last token.
+    Trailing,
+    /// The tokens spell this many bytes, fewer than the block holds.
+    Length(usize),
+    /// The bytes spelt have this CRC32, not the block's.
+    Crc(u32),
+}
+
+impl Mismatch {
+    /// What happened, as a clause after "block N (at byte M)".
+    fn detail(self, h: &BlockHeader) -> String {
+        match self {
+            Mismatch::Stream => "is an invalid model-coded stream".into(),
+            Mismatch::Overflow => "decoded to tokens that exceed its plain length".into(),
+            Mismatch::Trailing => "has bytes after the end of the coded tokens".into(),
+            Mismatch::Length(n) => format!("decoded to {n} bytes, expected {}", h.plain_len),
+            Mismatch::Crc(actual) => format!(
+                "decoded to bytes whose CRC32 is {actual:08x}, expected {:08x}",
+                h.plain_crc
+            ),
+        }
+    }
+
+    /// The error for block `b`: divergence when `diverged` names the two machines, else
+    /// damage (as [`check_plain`] reports it for the other codecs).
+    fn error(self, b: &BlockRefData<'_>, diverged: Option<(&Machine, Machine)>) -> Error {
+        match (diverged, self) {
+            (Some((writer, here)), _) => Error::ModelDiverged {
+                block: b.number,
+                offset: b.offset,
+                writer: Box::new(writer.clone()),
+                here: Box::new(here),
+                detail: self.detail(&b.header),
+            },
+            (None, Mismatch::Crc(actual)) => Error::BlockCrc {
+                block: b.number,
+                offset: b.offset,
+                expected: b.header.plain_crc,
+                actual,
+            },
+            (None, m) => Error::corrupt(
+                b.offset,
+                format!("block {} {}", b.number, m.detail(&b.header)),
+            ),
+        }
+    }
 }
 
 impl DecodeJob<'_, '_> {
     /// Where in the next token's table the coded stream points.
-    fn point(&self) -> Result<u32> {
-        self.dec.point(BITS).ok_or_else(|| {
-            Error::corrupt(
-                self.offset,
-                format!("block {}: invalid model-coded stream", self.block),
-            )
-        })
+    fn point(&self) -> Result<u32, Mismatch> {
+        self.dec.point(BITS).ok_or(Mismatch::Stream)
     }
 
     /// Takes token `t`, found at [`Self::point`] with interval `[lo, lo + freq)`.
-    fn take(&mut self, t: Token, lo: u32, freq: u32) -> Result<()> {
+    fn take(&mut self, t: Token, lo: u32, freq: u32) -> Result<(), Mismatch> {
         self.dec.consume(lo, freq, BITS);
         let piece = self.model.piece(t);
         if self.plain.len() + piece.len() > self.limit {
-            return Err(Error::corrupt(
-                self.offset,
-                format!("block {}: decoded tokens exceed the block's plain length (damaged, or a different model)", self.block),
-            ));
+            return Err(Mismatch::Overflow);
         }
         self.plain.extend_from_slice(piece);
         self.tokens.push(t);
         Ok(())
+    }
+
+    /// The block's bytes, once every token is taken: all of the payload read, and the
+    /// length and CRC32 its header names.
+    fn finish(self, b: &BlockRefData<'_>) -> Result<Vec<u8>, Mismatch> {
+        // The decoder reads exactly as many bytes as the encoder wrote before trimming
+        // trailing zeros, so a payload longer than that carries bytes no token used.
+        if self.dec.consumed() < b.payload.len() {
+            return Err(Mismatch::Trailing);
+        }
+        if self.plain.len() != b.header.plain_len as usize {
+            return Err(Mismatch::Length(self.plain.len()));
+        }
+        let actual = crc32fast::hash(&self.plain);
+        if actual != b.header.plain_crc {
+            return Err(Mismatch::Crc(actual));
+        }
+        Ok(self.plain)
     }
 }
 
@@ -601,26 +684,21 @@ pub fn decode_with(
                     n: b.header.tokens as usize,
                     plain: Vec::with_capacity((b.header.plain_len as usize).min(1 << 16)),
                     limit: b.header.plain_len as usize,
-                    block: b.number,
-                    offset: b.offset,
                 }
             })
             .collect();
         let failed = ls.decode(&mut jobs)?;
+        // Every block here passed its payload CRC: under llama.cpp, whose probabilities
+        // depend on the machine, a block that still fails diverged rather than broke.
+        let here = (model.pin().kind == ModelKind::Llama).then(|| Machine::of(&model.header(0)));
         for ((job, err), &i) in jobs.into_iter().zip(failed).zip(&model_jobs) {
-            results[i] = Some(match err {
-                Some(e) => Err(e),
-                // The decoder reads exactly as many bytes as the encoder wrote before trimming
-                // trailing zeros, so a payload longer than that carries bytes no token used.
-                None if job.dec.consumed() < blocks[i].payload.len() => Err(Error::corrupt(
-                    blocks[i].offset,
-                    format!(
-                        "block {}: bytes after the end of the coded tokens",
-                        blocks[i].number
-                    ),
-                )),
-                None => check_plain(&blocks[i], job.plain),
-            });
+            let b = &blocks[i];
+            let r = match err {
+                Some(m) => Err(m),
+                None => job.finish(b),
+            };
+            results[i] =
+                Some(r.map_err(|m| m.error(b, here.as_ref().map(|h| (&ls.writer, h.clone())))));
         }
     }
     Ok(results
@@ -683,10 +761,234 @@ mod tests {
         assert_eq!(coded[0].header.codec, Codec::Model);
         coded[0].payload[1] ^= 4;
         // Payload CRC catches it first...
-        assert!(decode_all(&m, &coded, 1)[0].is_err());
-        // ...and with a matching payload CRC, the plain CRC or length catches it.
+        let e = decode_all(&m, &coded, 1).remove(0).unwrap_err();
+        assert!(e.to_string().contains("payload CRC32 mismatch"), "{e}");
+        // ...and with a matching payload CRC, the plain CRC or length catches it: still
+        // damage, since the order-1 model computes the same on every machine.
         coded[0].header.coded_crc = crc32fast::hash(&coded[0].payload);
-        assert!(decode_all(&m, &coded, 1)[0].is_err());
+        let e = decode_all(&m, &coded, 1).remove(0).unwrap_err();
+        assert_eq!(e.class(), crate::error::Class::Corrupt, "{e}");
+        assert!(!matches!(e, Error::ModelDiverged { .. }), "{e}");
+    }
+
+    /// The order-1 model posing as model `kind`, on a machine whose header strings say
+    /// `machine`; with `skew`, every table it gives is its own reversed (symbol `s` gets the
+    /// frequency of `255 − s`): a machine computing other probabilities than the writer's.
+    struct Skewed {
+        inner: Order1,
+        kind: crate::format::ModelKind,
+        skew: bool,
+        machine: &'static str,
+    }
+
+    impl Skewed {
+        fn new(kind: crate::format::ModelKind, skew: bool, machine: &'static str) -> Skewed {
+            Skewed {
+                inner: Order1::new(1024),
+                kind,
+                skew,
+                machine,
+            }
+        }
+    }
+
+    impl Model for Skewed {
+        fn pin(&self) -> crate::format::ModelPin {
+            let tokenizer = match self.kind {
+                crate::format::ModelKind::Llama => crate::format::Tokenizer::LlamaPieces,
+                _ => crate::format::Tokenizer::Bytes,
+            };
+            crate::format::ModelPin {
+                kind: self.kind,
+                tokenizer,
+                ..self.inner.pin()
+            }
+        }
+        fn header(&self, block_size: u32) -> Header {
+            Header {
+                pin: self.pin(),
+                backend: format!("{} backend", self.machine),
+                engine_version: format!("{} engine", self.machine),
+                cpu_features: format!("{} cpu", self.machine),
+                ..self.inner.header(block_size)
+            }
+        }
+        fn tokenize(&self, bytes: &[u8]) -> Option<Vec<Token>> {
+            self.inner.tokenize(bytes)
+        }
+        fn piece(&self, t: Token) -> &[u8] {
+            self.inner.piece(t)
+        }
+        fn evaluator(
+            &self,
+            width: usize,
+            tokens: usize,
+            chunk: usize,
+        ) -> Result<Box<dyn Evaluator + '_>> {
+            Ok(Box::new(SkewedEval {
+                inner: self.inner.evaluator(width, tokens, chunk)?,
+                skew: self.skew,
+            }))
+        }
+    }
+
+    struct SkewedEval<'m> {
+        inner: Box<dyn Evaluator + 'm>,
+        skew: bool,
+    }
+
+    impl Evaluator for SkewedEval<'_> {
+        fn width(&self) -> usize {
+            self.inner.width()
+        }
+        fn capacity(&self) -> usize {
+            self.inner.capacity()
+        }
+        fn reset(&mut self, slot: usize) -> Result<()> {
+            self.inner.reset(slot)
+        }
+        fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
+            self.inner.step(feed, out)?;
+            if self.skew {
+                for cum in out.iter_mut().take(feed.len()) {
+                    let freqs: Vec<u32> = cum.windows(2).map(|w| w[1] - w[0]).rev().collect();
+                    let mut acc = 0;
+                    for (c, f) in cum[1..].iter_mut().zip(freqs) {
+                        acc += f;
+                        *c = acc;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Blocks coded by the "writer's machine" and decoded under other probabilities, with
+    /// every payload CRC intact: for a llama.cpp archive each block is reported as
+    /// divergence naming both machines (a model problem, never wrong bytes); for an order-1
+    /// archive, whose probabilities cannot differ, as damage.
+    #[test]
+    fn other_probabilities_under_an_intact_payload_are_divergence_for_llama_only() {
+        use crate::error::Class;
+        use crate::format::ModelKind;
+        let texts: Vec<Vec<u8>> = (0..3).map(|i| markov_text(i + 120, 400)).collect();
+        let plains: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
+        for kind in [ModelKind::Llama, ModelKind::Order1] {
+            let writer = Skewed::new(kind, false, "writer's");
+            let reader = Skewed::new(kind, true, "reader's");
+            let (coded, _) = encode_blocks(Some(&writer), &plains, 2, 19).unwrap();
+            assert!(coded.iter().all(|c| c.header.codec == Codec::Model));
+            // The writer's own machine decodes them.
+            for (r, t) in decode_all(&writer, &coded, 2).into_iter().zip(&texts) {
+                assert_eq!(&r.unwrap(), t);
+            }
+            let refs: Vec<BlockRefData> = coded
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.as_block(i as u64))
+                .collect();
+            let mut ls = Lockstep::new(Some(&reader), 2);
+            ls.set_writer(&writer.header(1024));
+            for (i, r) in decode_with(&mut ls, &refs).unwrap().into_iter().enumerate() {
+                let e = r.expect_err("other probabilities never give the block back");
+                let msg = e.to_string();
+                match (kind, &e) {
+                    (
+                        ModelKind::Llama,
+                        Error::ModelDiverged {
+                            block,
+                            writer: w,
+                            here,
+                            ..
+                        },
+                    ) => {
+                        assert_eq!(*block, i as u64);
+                        assert_eq!(**w, Machine::of(&writer.header(0)));
+                        assert_eq!(**here, Machine::of(&reader.header(0)));
+                        assert_eq!(e.class(), Class::Model);
+                        assert!(e.repeats());
+                        for part in [
+                            "not damaged",
+                            "payload checksum holds",
+                            "other probabilities",
+                            "written on: backend writer's backend, engine writer's engine, \
+                             CPU writer's cpu",
+                            "decoding on: backend reader's backend, engine reader's engine, \
+                             CPU reader's cpu",
+                            "lmz pack --engine portable",
+                        ] {
+                            assert!(msg.contains(part), "{part:?} not in {msg}");
+                        }
+                    }
+                    (ModelKind::Order1, _) => {
+                        assert_eq!(e.class(), Class::Corrupt, "{msg}");
+                        assert!(!msg.contains("not damaged"), "{msg}");
+                    }
+                    _ => panic!("block {i}: {msg}"),
+                }
+            }
+            // A payload damaged in transit is damage under either kind.
+            let mut bad = coded[0].clone();
+            bad.payload[2] ^= 0x10;
+            let e = decode_all(&reader, &[bad], 1).remove(0).unwrap_err();
+            assert_eq!(e.class(), Class::Corrupt, "{e}");
+            assert!(e.to_string().contains("payload CRC32 mismatch"), "{e}");
+        }
+    }
+
+    /// Through both archive readers (random access, and a pipe), a diverging block names
+    /// the machine the archive's header records, and the pipe extraction stops there.
+    #[test]
+    fn archive_readers_name_the_writer_recorded_in_the_header() {
+        use crate::archive::extract::{ExtractOptions, Extractor};
+        use crate::archive::{stream, Archive, Meta, Writer, WriterOptions};
+        use crate::format::ModelKind;
+        let writer = Skewed::new(ModelKind::Llama, false, "writer's");
+        let reader = Skewed::new(ModelKind::Llama, true, "reader's");
+        let text = markov_text(7, 3000);
+        let opts = WriterOptions {
+            block_size: 1024,
+            width: 2,
+            zstd_level: 19,
+        };
+        let mut w = Writer::new(Vec::new(), Some(&writer), opts).unwrap();
+        w.add_file(b"t", Meta::default(), text.len() as u64, &mut &text[..])
+            .unwrap();
+        let bytes = w.finish().unwrap().0;
+        let a = Archive::from_bytes(bytes.clone()).unwrap();
+        assert_eq!(a.header().backend, "writer's backend");
+        let want = Machine::of(a.header());
+        let results = a
+            .decode_blocks(Some(&reader), 0..a.block_count(), 2)
+            .unwrap();
+        assert!(!results.is_empty());
+        for r in results {
+            match r {
+                Err(Error::ModelDiverged { writer, .. }) => assert_eq!(*writer, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        let t = tempfile::tempdir().unwrap();
+        let e = stream::extract_stream(
+            &bytes[..],
+            |_| {
+                let m: Box<dyn Model> = Box::new(Skewed::new(ModelKind::Llama, true, "reader's"));
+                Ok((
+                    Some(m),
+                    Extractor::new(t.path(), ExtractOptions::default())?,
+                ))
+            },
+            Some(2),
+        )
+        .unwrap_err();
+        match e {
+            Error::ModelDiverged { writer, .. } => assert_eq!(*writer, want),
+            other => panic!("{other}"),
+        }
+        assert!(
+            !t.path().join("t").exists(),
+            "no file with wrong bytes is left"
+        );
     }
 
     /// A stream no table can have produced (its code at the top of the range) fails its

@@ -5,10 +5,20 @@
 //! ([`Class::Model`]), the environment failed (I/O, [`Class::Io`]) or the caller asked for
 //! something impossible ([`Class::Usage`]). Every variant carries the context a user needs to
 //! act: the offset, block or path involved.
+//!
+//! A model-coded block that fails to decode although its payload checksum holds was not
+//! damaged. For the order-1 model, which computes the same integers on every machine, that
+//! can only be a forged checksum, and it stays [`Class::Corrupt`]; for llama.cpp, whose
+//! logits depend on the build, the backend and the CPU kernels it picks, it means this
+//! machine computed other probabilities than the writer's: [`Error::ModelDiverged`], a
+//! [`Class::Model`] error that names both machines, so the user tries another machine rather
+//! than giving the archive up as lost.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+
+use crate::format::Header;
 
 /// Who is at fault for an [`Error`]; the `lmz` tool maps each class to its own exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,8 +29,53 @@ pub enum Class {
     Io,
     /// The archive is damaged, truncated or hostile.
     Corrupt,
-    /// The model is missing, unusable, or not the one the archive was written with.
+    /// The model is missing, unusable, not the one the archive was written with, or computes
+    /// other probabilities on this machine than on the writer's.
     Model,
+}
+
+/// Where a model was evaluated, as an archive header's diagnostic strings record it: the
+/// class of machine whose probabilities an archive's model-coded blocks need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Machine {
+    /// `cpu`, `cuda: <device>`, …; `rust` for models that compute the same everywhere.
+    pub backend: String,
+    /// The evaluating engine and its version (`llama-cpp-sys-2 0.1.161`).
+    pub engine_version: String,
+    /// The CPU features detected (`x86_64 sse4.2 avx avx2 fma f16c`).
+    pub cpu_features: String,
+}
+
+impl Machine {
+    /// The machine `h` says the archive was written on (or, for a header a model makes for
+    /// a new archive, the one it evaluates on now).
+    pub fn of(h: &Header) -> Machine {
+        Machine {
+            backend: h.backend.clone(),
+            engine_version: h.engine_version.clone(),
+            cpu_features: h.cpu_features.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The header's strings are diagnostics an archive may leave empty.
+        let or = |s: &str| {
+            if s.is_empty() {
+                "?".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        write!(
+            f,
+            "backend {}, engine {}, CPU {}",
+            or(&self.backend),
+            or(&self.engine_version),
+            or(&self.cpu_features)
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +91,17 @@ pub enum Error {
         offset: u64,
         expected: u32,
         actual: u32,
+    },
+    /// A model-coded block whose payload checksum holds did not decode to its bytes (`detail`
+    /// says how): the archive is not damaged, this machine computed other probabilities than
+    /// the `writer`'s. Only for models whose results depend on the machine (llama.cpp).
+    ModelDiverged {
+        block: u64,
+        offset: u64,
+        /// Boxed, to keep every `Result` small.
+        writer: Box<Machine>,
+        here: Box<Machine>,
+        detail: String,
     },
     /// The archive is valid but uses something this build does not implement.
     Unsupported { offset: u64, detail: String },
@@ -62,9 +128,17 @@ impl Error {
             }
             Error::ModelMismatch { .. }
             | Error::ModelUnavailable { .. }
-            | Error::ModelEval { .. } => Class::Model,
+            | Error::ModelEval { .. }
+            | Error::ModelDiverged { .. } => Class::Model,
             Error::Usage { .. } | Error::UnsafePath { .. } => Class::Usage,
         }
+    }
+
+    /// Whether decoding the same block again with the same model on this machine fails the
+    /// same way: damage, and divergence (this machine's probabilities do not change), but not
+    /// I/O or a failed evaluation. Caches of decoded blocks remember these failures.
+    pub fn repeats(&self) -> bool {
+        self.class() == Class::Corrupt || matches!(self, Error::ModelDiverged { .. })
     }
 
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
@@ -105,6 +179,21 @@ impl fmt::Display for Error {
                 "block {block} (at byte {offset}) decoded to bytes whose CRC32 is {actual:08x}, \
                  expected {expected:08x}: the block is damaged or the model evaluated differently \
                  than when the archive was written"
+            ),
+            Error::ModelDiverged {
+                block,
+                offset,
+                writer,
+                here,
+                detail,
+            } => write!(
+                f,
+                "block {block} (at byte {offset}) {detail}, yet the archive is not damaged: \
+                 its payload checksum holds. This machine computed other probabilities than \
+                 the machine that wrote it (written on: {writer}; decoding on: {here}). \
+                 Decode it on a machine of the writer's class (the same llama.cpp build and \
+                 CPU kernel set), or repack it there with `lmz pack --engine portable`, whose \
+                 archives decode on every machine"
             ),
             Error::Unsupported { offset, detail } => {
                 write!(f, "unsupported archive feature at byte {offset}: {detail}")

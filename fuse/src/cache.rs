@@ -8,9 +8,11 @@
 //!   of them as *prefetch*. Workers take demand first, and decode a run of contiguous
 //!   queued blocks (split evenly among the workers) as one batch: the model blocks of a
 //!   batch are evaluated in lockstep, in a model context each worker keeps for its life.
-//! - A block that fails as corrupt (CRC mismatch, bad payload) fails the same way every
-//!   time, since the archive never changes: the failure is remembered and not decoded
-//!   again. Other failures (model evaluation) are retried on the next request.
+//! - A block that fails as corrupt (CRC mismatch, bad payload), or diverges (its payload
+//!   intact, but this machine's llama.cpp computing other probabilities than the writer's),
+//!   fails the same way every time, since neither the archive nor this machine changes: the
+//!   failure is remembered and not decoded again. Other failures (model evaluation) are
+//!   retried on the next request.
 //! - Every decode is counted per block ([`BlockCache::decode_count`]), so tests can check
 //!   that concurrent readers never decode a cached block twice.
 
@@ -35,6 +37,10 @@ pub type Block = Arc<Vec<u8>>;
 pub struct BlockError {
     pub block: usize,
     pub class: lmz::Class,
+    /// Whether decoding the block again would fail the same way ([`lmz::Error::repeats`]:
+    /// damage, or this machine's probabilities differing from the writer's), so the failure
+    /// is remembered rather than paid for again at every read.
+    pub repeats: bool,
     pub message: String,
 }
 
@@ -94,7 +100,7 @@ pub struct CacheStats {
     pub capacity: u64,
     /// Blocks queued or being decoded now.
     pub in_flight: usize,
-    /// Blocks remembered as corrupt.
+    /// Blocks remembered as failing (corrupt or diverged).
     pub failed: usize,
 }
 
@@ -433,6 +439,7 @@ impl BlockCache {
             slot.set(Err(BlockError {
                 block: i,
                 class: lmz::Class::Io,
+                repeats: false,
                 message: "the mount is shutting down".into(),
             }));
         }
@@ -507,6 +514,7 @@ impl Shared {
                         r.map(Arc::new).map_err(|e| BlockError {
                             block: i,
                             class: e.class(),
+                            repeats: e.repeats(),
                             message: e.to_string(),
                         })
                     })
@@ -517,6 +525,7 @@ impl Shared {
                         Err(BlockError {
                             block: i,
                             class: e.class(),
+                            repeats: e.repeats(),
                             message: e.to_string(),
                         })
                     })
@@ -527,6 +536,7 @@ impl Shared {
                         Err(BlockError {
                             block: i,
                             class: lmz::Class::Model,
+                            repeats: false,
                             message: "decoder panicked".into(),
                         })
                     })
@@ -548,7 +558,7 @@ impl Shared {
                         Err(e) => {
                             self.decode_errors.fetch_add(1, Ordering::Relaxed);
                             log::error!("{e}");
-                            if e.class == lmz::Class::Corrupt {
+                            if e.repeats {
                                 st.failed.insert(i, e.clone());
                             }
                         }

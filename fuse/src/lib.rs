@@ -4,8 +4,10 @@
 //! its index, nothing is decoded at mount time; a read decodes only the blocks that cover
 //! it, through the decoded-block [`cache`] (an LRU bounded in bytes, one decode per block
 //! however many readers want it, prefetch ahead of sequential readers, a pool of decoder
-//! threads). A block that fails to decode (CRC mismatch, damaged payload) makes the reads
-//! that touch it fail with `EIO` and is logged; everything else keeps working.
+//! threads). A block that fails to decode (CRC mismatch, damaged payload, or a model-coded
+//! block this machine's llama.cpp computes other probabilities for than the writer's) makes
+//! the reads that touch it fail with `EIO` and is logged with its reason; everything else
+//! keeps working.
 //!
 //! [`mount`] runs one mount in the foreground until it is unmounted from outside
 //! (`umount`, `fusermount3 -u`) or the process gets SIGINT, SIGTERM or SIGHUP, which

@@ -244,6 +244,8 @@ impl Archive {
         ls: &mut Lockstep<'_>,
         range: Range<usize>,
     ) -> Result<Vec<Result<Vec<u8>>>> {
+        // A block that diverges names the machine this archive says it was written on.
+        ls.set_writer(&self.header);
         let mut refs = Vec::with_capacity(range.len());
         let mut early: Vec<Option<Error>> = Vec::with_capacity(range.len());
         for i in range.clone() {

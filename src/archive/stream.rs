@@ -114,6 +114,7 @@ pub fn extract_stream<'m, R: Read>(
 
     let width = width.unwrap_or_else(|| model.map_or(1, |m| m.default_width()));
     let mut ls = Lockstep::new(model, width);
+    ls.set_writer(&header);
     let mut flush = |queue: &mut Vec<Queued>, routed: &mut u64, ex: &mut Extractor| -> Result<()> {
         if queue.is_empty() {
             return Ok(());

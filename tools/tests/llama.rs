@@ -337,3 +337,99 @@ fn model_that_is_not_batch_invariant_is_coded_one_block_at_a_time() {
     // Not even one sequence fed 16 tokens at once, the encoder's step once narrowed.
     assert!(!m.chunks_exact(1));
 }
+
+/// A kind-2 block whose payload CRC holds but which decodes to other bytes is what a machine
+/// computing other probabilities than the writer's produces (AVX2 writer, AVX-512 reader).
+/// Made here on one machine: one byte of a model-coded payload altered, its `coded_crc` and
+/// the block header's CRC recomputed. Unpack (random access and pipe) and verify must call
+/// it divergence, naming the writer's backend, engine and CPU features from the header and
+/// this machine's, exit 5, and leave no file with wrong bytes; the same edit without the
+/// recomputed `coded_crc` is damage (exit 4).
+#[test]
+fn intact_payload_that_decodes_wrong_is_divergence_not_damage() {
+    let _g = lock();
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("alice.txt");
+    std::fs::write(&f, corpus("alice29.txt", 900)).unwrap();
+    let a = t.path().join("a.lmz");
+    run(lmz()
+        .args(["pack", "-q", "--threads", "2", "--block-size", "1024", "-o"])
+        .arg(&a)
+        .arg(&f));
+    let arch = lmz::archive::Archive::open(&a).unwrap();
+    let h = arch.header().clone();
+    assert_eq!(h.pin.kind, lmz::format::ModelKind::Llama);
+    assert!(!h.backend.is_empty() && !h.engine_version.is_empty() && !h.cpu_features.is_empty());
+    let i = (0..arch.block_count())
+        .find(|&i| arch.block(i).unwrap().header.codec == Codec::Model)
+        .expect("a model-coded block");
+    let (off, mut bh) = {
+        let b = arch.block(i).unwrap();
+        (b.offset as usize, b.header)
+    };
+    drop(arch);
+    let mut bytes = std::fs::read(&a).unwrap();
+    let payload = off + 32..off + 32 + bh.coded_len as usize;
+    bytes[payload.start + payload.len() / 2] ^= 0x5a;
+    // Damage: the payload CRC no longer holds.
+    let damaged = t.path().join("damaged.lmz");
+    std::fs::write(&damaged, &bytes).unwrap();
+    // Divergence: the payload CRC (and so the block header's CRC) recomputed.
+    bh.coded_crc = crc32fast::hash(&bytes[payload]);
+    bytes[off..off + 32].copy_from_slice(&bh.encode());
+    let diverged = t.path().join("diverged.lmz");
+    std::fs::write(&diverged, &bytes).unwrap();
+
+    // Written and read on this one machine: the two classes named are the same.
+    let says_divergence = |err: &str| {
+        for part in [
+            "is not damaged: its payload checksum holds",
+            "other probabilities",
+            &format!(
+                "written on: backend {}, engine {}, CPU {}",
+                h.backend, h.engine_version, h.cpu_features
+            ),
+            &format!(
+                "decoding on: backend {}, engine {}, CPU {}",
+                h.backend, h.engine_version, h.cpu_features
+            ),
+            "lmz pack --engine portable",
+        ] {
+            assert!(err.contains(part), "{part:?} not in: {err}");
+        }
+        assert!(!err.contains("corrupt"), "{err}");
+    };
+    let dst = t.path().join("out");
+    let err = run_fail(
+        lmz()
+            .args(["unpack", "--threads", "2"])
+            .arg(&diverged)
+            .arg("-C")
+            .arg(&dst),
+        5,
+    );
+    says_divergence(&err);
+    assert!(!dst.join("alice.txt").exists(), "no file with wrong bytes");
+    let err = run_fail(
+        lmz()
+            .args(["unpack", "--threads", "2", "-", "-C"])
+            .arg(&dst)
+            .stdin(std::fs::File::open(&diverged).unwrap()),
+        5,
+    );
+    says_divergence(&err);
+    assert!(!dst.join("alice.txt").exists(), "no file with wrong bytes");
+    let err = run_fail(lmz().args(["verify", "--threads", "2"]).arg(&diverged), 5);
+    says_divergence(&err);
+
+    let err = run_fail(
+        lmz()
+            .args(["unpack", "--threads", "2"])
+            .arg(&damaged)
+            .arg("-C")
+            .arg(&dst),
+        4,
+    );
+    assert!(err.contains("payload CRC32 mismatch"), "{err}");
+    assert!(!err.contains("not damaged"), "{err}");
+}

@@ -1486,7 +1486,7 @@ mod tests {
         let mut rng = Rng(1);
         let tokens = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 64];
         for ty in ALL_TYPES {
-            for case in 0..60 {
+            for case in 0..150 {
                 let rows = match case % 4 {
                     0 => rng.below(16) + 1,
                     1 => 16 * (rng.below(4) + 1),
@@ -1514,6 +1514,28 @@ mod tests {
         for t in [1, 6, 16, 256] {
             check(&mut rng, WeightType::Q4_1, 192, 576, t, false);
             check(&mut rng, WeightType::Q8_0, 160, 576, t, false);
+        }
+    }
+
+    #[test]
+    fn reused_activation_buffers_give_the_same_bits() {
+        let mut rng = Rng(8);
+        let (rows, cols) = (40, 96);
+        let data = gen_matrix(&mut rng, WeightType::Q4_1, rows, cols, false);
+        let m = Matrix::from_gguf(WeightType::Q4_1, &data, cols, rows).unwrap();
+        for ks in KernelSet::available() {
+            let mut reused = Acts::new();
+            let big = gen_acts(&mut rng, 50 * cols, true);
+            reused.set(ks, &big, 50, cols);
+            let x = gen_acts(&mut rng, 3 * cols, false);
+            reused.set(ks, &x, 3, cols);
+            assert_eq!(reused.rows(), 3);
+            let mut fresh = Acts::new();
+            fresh.set(ks, &x, 3, cols);
+            let (mut a, mut b) = (vec![0.0; 3 * rows], vec![0.0; 3 * rows]);
+            matmul(ks, None, &m, &reused, &mut a);
+            matmul(ks, None, &m, &fresh, &mut b);
+            assert_same(ks.name(), &a, &b);
         }
     }
 
@@ -1676,21 +1698,14 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_report() {
-        let only = std::env::var("LMZ_BENCH_SHAPES").ok();
-        let mut shapes = vec![
+        let shapes = [
             (WeightType::Q4_1, 576, 576),
             (WeightType::Q4_1, 192, 576),
             (WeightType::Q4_1, 1536, 576),
             (WeightType::Q4_1, 576, 1536),
             (WeightType::Q8_0, 49152, 576),
         ];
-        if only.is_some() {
-            shapes = vec![
-                (WeightType::Q8_0, 4096, 576),
-                (WeightType::Q8_0, 49152, 576),
-                (WeightType::Q4_1, 49152, 576),
-            ];
-        }
+
         let mut rng = Rng(6);
         let pool2 = rayon::ThreadPoolBuilder::new()
             .num_threads(2)

@@ -12,7 +12,8 @@
 //! rows at once with no horizontal reduction, and the per-block float step is one vector
 //! operation across those 16 rows — each lane runs exactly the scalar sequence for its row.
 //! Tokens are tiled (up to [`TILE`] per pass) so that a block's weights are unpacked once per
-//! tile; threads split row groups, never a sum.
+//! tile, and a tile sweeps a span of groups whose weights stay in L2; threads split row
+//! groups, never a sum.
 //!
 //! Layout of a quantized [`Matrix`] (`nb = cols / 32` blocks per row, `groups = ⌈rows/16⌉`):
 //! - `qs`: for group g, block b, a record of `QS` bytes at `(g·nb + b)·QS`, made of 64-byte
@@ -568,6 +569,12 @@ fn token_chunk(nb: usize) -> usize {
     ((384 << 10) / per_token).clamp(TILE, 256) / TILE * TILE
 }
 
+/// Weight bytes of the row groups one token tile sweeps before the next tile starts (kept in
+/// L2). Sweeping several groups per tile writes each token's outputs in runs of
+/// `span × 64` bytes rather than 64 bytes a page apart, which is what bounds a wide
+/// product's output (49152 logits × 256 tokens is 50 MB).
+const SPAN_BYTES: usize = 256 << 10;
+
 /// Below this many multiply-adds (~15 µs on one AVX-512 core) a product runs on the calling
 /// thread: a pool round trip (waking a worker) costs more than it saves.
 const MIN_PARALLEL_MACS: usize = 1 << 21;
@@ -661,31 +668,38 @@ unsafe fn run_groups(ks: KernelSet, w: &Matrix, x: &Acts, out: OutPtr, g0: usize
         return;
     }
     let chunk = token_chunk(w.nb);
+    let group_bytes = w.nb * (w.ty.qs_bytes() + 2 * w.ty.sc_len());
+    let span = (SPAN_BYTES / group_bytes).max(1);
     let mut t0 = 0;
     while t0 < tokens {
         let t1 = (t0 + chunk).min(tokens);
-        for g in g0..g1 {
+        let mut gs = g0;
+        while gs < g1 {
+            let ge = (gs + span).min(g1);
             let mut t = t0;
             while t < t1 {
                 let n = (t1 - t).min(TILE);
-                let tile = Tile {
-                    w,
-                    x,
-                    out,
-                    g,
-                    t,
-                    n,
-                    prefetch: t == t0,
-                };
-                match ks {
-                    #[cfg(target_arch = "x86_64")]
-                    KernelSet::Avx512 => x86::tile_avx512(&tile),
-                    #[cfg(target_arch = "x86_64")]
-                    KernelSet::Avx2 => x86::tile_avx2(&tile),
-                    _ => tile_scalar(&tile),
+                for g in gs..ge {
+                    let tile = Tile {
+                        w,
+                        x,
+                        out,
+                        g,
+                        t,
+                        n,
+                        prefetch: t == t0,
+                    };
+                    match ks {
+                        #[cfg(target_arch = "x86_64")]
+                        KernelSet::Avx512 => x86::tile_avx512(&tile),
+                        #[cfg(target_arch = "x86_64")]
+                        KernelSet::Avx2 => x86::tile_avx2(&tile),
+                        _ => tile_scalar(&tile),
+                    }
                 }
                 t += n;
             }
+            gs = ge;
         }
         t0 = t1;
     }
@@ -699,8 +713,8 @@ struct Tile<'a> {
     g: usize,
     t: usize,
     n: usize,
-    /// The group's first tile in this token chunk: its weights come from memory, so prefetch
-    /// ahead (later tiles find them in L1). Only wide tiles do: with 1–3 tokens the loop is
+    /// The first tile over this group in this token chunk: its weights come from memory, so
+    /// prefetch ahead (later tiles find them in L2). Only wide tiles do: with 1–3 tokens the loop is
     /// light enough for the hardware prefetcher, and measured faster without.
     prefetch: bool,
 }

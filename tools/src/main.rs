@@ -353,6 +353,8 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
                 "size": h.pin.size,
                 "vocab_size": h.pin.vocab_size,
                 "max_block_tokens": h.pin.max_block_tokens,
+                "class": class_name(h.pin.kind),
+                "portability": portability(h),
             },
             "written_with": { "backend": h.backend, "engine": h.engine_version, "cpu": h.cpu_features },
             "blocks": a.block_count(),
@@ -363,6 +365,12 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
         return Ok(());
+    }
+    if long {
+        let h = a.header();
+        if h.pin.kind != lmz::format::ModelKind::None {
+            writeln!(out, "# model: {} ({})", h.model_name, portability(h))?;
+        }
     }
     for e in a.entries() {
         let path = String::from_utf8_lossy(&e.path);
@@ -388,6 +396,33 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where an archive's model-coded blocks decode: "portable" (anywhere: the probabilities are
+/// specified, FORMAT.md §20 and §12.5) or "machine" (only on the writer's class of machine:
+/// llama.cpp's kernels decide them).
+fn class_name(k: lmz::format::ModelKind) -> &'static str {
+    use lmz::format::ModelKind;
+    match k {
+        ModelKind::None => "none",
+        ModelKind::Order1 | ModelKind::Portable => "portable",
+        ModelKind::Llama => "machine",
+    }
+}
+
+/// [`class_name`] in words, naming the writer's machine where it matters.
+fn portability(h: &lmz::format::Header) -> String {
+    use lmz::format::ModelKind;
+    match h.pin.kind {
+        ModelKind::None => "no model-coded blocks: decodes anywhere".into(),
+        ModelKind::Order1 => "order-1 model: decodes on every machine".into(),
+        ModelKind::Portable => "lmz transformer v1: decodes bit for bit on every machine".into(),
+        ModelKind::Llama => format!(
+            "llama.cpp: decodes only on machines of the writer's class (backend {}, engine {}, \
+             CPU {})",
+            h.backend, h.engine_version, h.cpu_features
+        ),
+    }
 }
 
 fn kind_name(k: EntryKind) -> &'static str {

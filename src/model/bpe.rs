@@ -424,6 +424,9 @@ enum Part<'a> {
     Token(u32),
 }
 
+/// A merge candidate: (rank, left, right, left symbol, right symbol).
+type Bigram = (u32, u32, u32, u32, u32);
+
 #[derive(Default)]
 struct Scratch {
     sym: Vec<u32>,
@@ -431,12 +434,12 @@ struct Scratch {
     prev: Vec<u32>,
     next: Vec<u32>,
     /// (rank, left, right, left symbol, right symbol): smallest rank, then leftmost first.
-    heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>>,
+    heap: BinaryHeap<Reverse<Bigram>>,
     enc: Vec<u8>,
 }
 
 /// The `smollm` pre-tokenizer: calls `f` on each word of `text`, in order.
-fn pre_split<'a>(text: &'a str, f: &mut dyn FnMut(&'a [u8])) {
+pub(crate) fn pre_split<'a>(text: &'a str, f: &mut dyn FnMut(&'a [u8])) {
     let cpts: Vec<(u32, Class, usize)> = text
         .char_indices()
         .map(|(i, c)| (c as u32, unicode::class(c as u32), i))
@@ -495,17 +498,14 @@ fn split_gpt2(c: &[(u32, Class, usize)], emit: &mut dyn FnMut(usize, usize)) {
         }
         let space = ch == ' ' as u32;
         let c2 = if space { class(pos + 1) } else { class(pos) };
-        match c2 {
-            // ' ?\p{L}+', ' ?\p{N}+', ' ?[^\s\p{L}\p{N}]+'
-            Some(k @ (Class::Letter | Class::Number | Class::Other)) => {
-                pos += space as usize;
-                while class(pos) == Some(k) {
-                    pos += 1;
-                }
-                add(pos, &mut prev);
-                continue;
+        // ' ?\p{L}+', ' ?\p{N}+', ' ?[^\s\p{L}\p{N}]+'
+        if let Some(k @ (Class::Letter | Class::Number | Class::Other)) = c2 {
+            pos += space as usize;
+            while class(pos) == Some(k) {
+                pos += 1;
             }
-            _ => {}
+            add(pos, &mut prev);
+            continue;
         }
         let mut ws = 0;
         while class(pos + ws) == Some(Class::Whitespace) {
@@ -560,7 +560,10 @@ mod tests {
             words("Hello world's 123  abc\n\n  x"),
             ["Hello", " world", "'s", " ", "1", "2", "3", " ", " abc", "\n\n ", " x"]
         );
-        assert_eq!(words("don't I'M we'll"), ["don", "'t", " I", "'", "M", " we", "'ll"]);
+        assert_eq!(
+            words("don't I'M we'll"),
+            ["don", "'t", " I", "'", "M", " we", "'ll"]
+        );
         assert_eq!(words("a  "), ["a", "  "]);
         assert_eq!(words("x!!! y ?!"), ["x", "!!!", " y", " ?!"]);
         assert_eq!(words("é2½x"), ["é", "2", "½", "x"]);
@@ -584,12 +587,15 @@ mod tests {
             .map(std::path::PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
         let src = home.and_then(|h| {
-            std::fs::read_dir(h.join("registry/src")).ok()?.flatten().find_map(|d| {
-                let p = d
-                    .path()
-                    .join("llama-cpp-sys-2-0.1.161/llama.cpp/src/unicode-data.cpp");
-                p.exists().then_some(p)
-            })
+            std::fs::read_dir(h.join("registry/src"))
+                .ok()?
+                .flatten()
+                .find_map(|d| {
+                    let p = d
+                        .path()
+                        .join("llama-cpp-sys-2-0.1.161/llama.cpp/src/unicode-data.cpp");
+                    p.exists().then_some(p)
+                })
         });
         let Some(src) = src else {
             eprintln!("note: llama.cpp's unicode-data.cpp not found; skipping");
@@ -657,7 +663,15 @@ mod tests {
         let id = |s: &str| b.token_id(s.as_bytes()).unwrap();
         let t = b.tokenize(b" the and in<user>the<ctl>").unwrap();
         let mut want = vec![id("Ġthe"), id("Ġand"), id("Ġ"), id("in"), id("<user>")];
-        want.extend([id("t"), id("he"), id("<"), id("c"), id("t"), id("l"), id(">")]);
+        want.extend([
+            id("t"),
+            id("he"),
+            id("<"),
+            id("c"),
+            id("t"),
+            id("l"),
+            id(">"),
+        ]);
         assert_eq!(t, want);
         let back: Vec<u8> = t.iter().flat_map(|&x| b.piece(x).to_vec()).collect();
         assert_eq!(back, b" the and in<user>the<ctl>");
@@ -687,7 +701,8 @@ mod tests {
     }
 
     fn default_model() -> Option<std::path::PathBuf> {
-        let p = crate::model::fetch::cache_dir()?.join(crate::model::fetch::DEFAULT_MODEL.file_name);
+        let p =
+            crate::model::fetch::cache_dir()?.join(crate::model::fetch::DEFAULT_MODEL.file_name);
         p.exists().then_some(p)
     }
 
@@ -735,7 +750,10 @@ mod tests {
             let name = f.file_name().unwrap().to_string_lossy();
             if name.ends_with(".txt") || name.starts_with("html") {
                 assert!(back == bytes, "{name}");
-                assert!(bytes.len() < 100_000 || bytes.len() as f64 / dt > 1e6, "{name} too slow");
+                assert!(
+                    bytes.len() < 100_000 || bytes.len() as f64 / dt > 1e6,
+                    "{name} too slow"
+                );
             }
         }
     }
@@ -761,15 +779,18 @@ mod tests {
             size: 0,
             name: "default".into(),
         };
-        let llama =
-            crate::model::llama::LlamaLm::load(&file, 1 << 20, Default::default()).unwrap();
+        let llama = crate::model::llama::LlamaLm::load(&file, 1 << 20, Default::default()).unwrap();
         let b = Bpe::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
         let n = b.len() as u32;
         let mut piece_diffs = 0;
         for t in 0..n {
             if llama.piece(t) != b.piece(t) {
                 piece_diffs += 1;
-                eprintln!("piece {t}: llama {:?}, bpe {:?}", llama.piece(t), b.piece(t));
+                eprintln!(
+                    "piece {t}: llama {:?}, bpe {:?}",
+                    llama.piece(t),
+                    b.piece(t)
+                );
             }
         }
         let c = Contract::new(&b);
@@ -787,7 +808,11 @@ mod tests {
                 f.display(),
                 want.len(),
                 got.len(),
-                if same { "identical".to_string() } else { format!("differ from token {first:?}") }
+                if same {
+                    "identical".to_string()
+                } else {
+                    format!("differ from token {first:?}")
+                }
             );
             if !same {
                 bad += 1;
@@ -795,7 +820,7 @@ mod tests {
                 let show = |v: &[u32]| -> String {
                     v[i.saturating_sub(3)..(i + 5).min(v.len())]
                         .iter()
-                        .map(|&t| format!("{t}:{:?}", String::from_utf8_lossy(c.piece(t))))
+                        .map(|&t| format!("{t}:{:?}", String::from_utf8_lossy(&c.piece(t))))
                         .collect::<Vec<_>>()
                         .join(" ")
                 };
@@ -819,7 +844,11 @@ mod tests {
             let n = bpe.len() as u32;
             let mut byte_token = [None; 256];
             for t in (0..n + 256).rev() {
-                let p = if t < n { bpe.piece(t).to_vec() } else { vec![(t - n) as u8] };
+                let p = if t < n {
+                    bpe.piece(t).to_vec()
+                } else {
+                    vec![(t - n) as u8]
+                };
                 if p.len() == 1 {
                     byte_token[p[0] as usize] = Some(t);
                 }

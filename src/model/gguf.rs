@@ -629,7 +629,7 @@ impl Gguf {
                 match type_layout(ggml_type) {
                     Some((block, size)) => {
                         let ne0 = dims.first().copied().unwrap_or(1);
-                        if ne0 % block != 0 {
+                        if !ne0.is_multiple_of(block) {
                             return Err(bad(
                                 t_at,
                                 format_args!(
@@ -646,7 +646,7 @@ impl Gguf {
                     }
                     None => None,
                 };
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 return Err(bad(
                     t_at + 4,
                     format_args!(
@@ -830,10 +830,10 @@ impl Gguf {
     }
 
     /// A required key: `f` on it, or an error naming the key when absent.
-    pub fn require<T>(
-        &self,
+    pub fn require<'a, T>(
+        &'a self,
         key: &str,
-        f: impl FnOnce(&Gguf, &str) -> Result<Option<T>>,
+        f: impl FnOnce(&'a Gguf, &str) -> Result<Option<T>>,
     ) -> Result<T> {
         f(self, key)?.ok_or_else(|| self.missing(key))
     }

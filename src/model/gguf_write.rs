@@ -233,7 +233,10 @@ pub fn encode(t: u32, x: &[f32]) -> Vec<u8> {
 }
 
 fn blocks(x: &[f32], f: fn(&[f32; 32], &mut Vec<u8>)) -> Vec<u8> {
-    assert!(x.len() % 32 == 0, "quantized rows are whole blocks of 32");
+    assert!(
+        x.len().is_multiple_of(32),
+        "quantized rows are whole blocks of 32"
+    );
     let mut out = Vec::new();
     for b in x.chunks_exact(32) {
         f(b.try_into().expect("32 values"), &mut out);

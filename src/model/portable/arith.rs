@@ -19,7 +19,7 @@ const ROUNDER: f32 = 12_582_912.0;
 
 /// `ln 2` split for Cody–Waite reduction (Cephes' constants): `LN2_HI` has few enough
 /// significant bits that `k · LN2_HI` is exact for every `|k| ≤ 127`.
-const LN2_HI: f32 = 0.693_359_375;
+const LN2_HI: f32 = 355.0 / 512.0; // 0x3F31_8000
 const LN2_LO: f32 = -2.121_944_4e-4;
 
 /// Coefficients `1/k!` of the exp polynomial, each the correctly rounded f32 quotient
@@ -44,13 +44,8 @@ const EXP_C: [f32; 8] = [
 /// flows through every step as NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let xc = if x > 88.0 {
-        88.0
-    } else if x < -87.0 {
-        -87.0
-    } else {
-        x
-    };
+    // `clamp` keeps a NaN as NaN, as the spec's comparisons do.
+    let xc = x.clamp(-87.0, 88.0);
     let t = xc * std::f32::consts::LOG2_E + ROUNDER;
     let k = t - ROUNDER;
     let r = (xc - k * LN2_HI) - k * LN2_LO;
@@ -247,9 +242,9 @@ pub fn ln_f64(x: f64) -> f64 {
 
 /// `π/2` in three binary64 parts (fdlibm's `pio2_1`, `pio2_2`, `pio2_3`: 33 significant
 /// bits each but the last), for Cody–Waite reduction.
-const PIO2_1: f64 = 1.570_796_326_734_125_614_17e0;
-const PIO2_2: f64 = 6.077_100_506_303_965_976_6e-11;
-const PIO2_3: f64 = 2.022_266_248_711_166_455_8e-21;
+const PIO2_1: f64 = f64::from_bits(0x3FF9_21FB_5440_0000); // 1.57079632673412561417
+const PIO2_2: f64 = f64::from_bits(0x3DD0_B461_1A60_0000); // 6.0771005063039659766e-11
+const PIO2_3: f64 = f64::from_bits(0x3BA3_198A_2E00_0000); // 2.0222662487111664558e-21
 
 /// `(sin a, cos a)` in binary64 for `a ≥ 0`: `n = roundTiesEven(a · (2/π))`,
 /// `r = ((a − n·PIO2_1) − n·PIO2_2) − n·PIO2_3`, Taylor polynomials in `r²` (sine to `r^17`,
@@ -383,9 +378,14 @@ mod tests {
 
     #[test]
     fn f64_functions_are_accurate() {
-        for &x in &[1.0f64, 2.0, 10.0, 10_000.0, 100_000.0, 0.3, 1e-3, 1.41, 1.42] {
+        for &x in &[
+            1.0f64, 2.0, 10.0, 10_000.0, 100_000.0, 0.3, 1e-3, 1.41, 1.42,
+        ] {
             let got = ln_f64(x);
-            assert!((got - x.ln()).abs() <= 1e-15 * x.ln().abs().max(1.0), "ln {x}");
+            assert!(
+                (got - x.ln()).abs() <= 1e-15 * x.ln().abs().max(1.0),
+                "ln {x}"
+            );
         }
         for &y in &[0.0f64, -1.0, -11.5, 1.0, 0.5, -0.3] {
             let got = exp_f64(y);
@@ -395,7 +395,10 @@ mod tests {
         for _ in 0..100_000 {
             let a = (rng(&mut s) % 1_000_000) as f64 * 0.013_7;
             let (sn, cs) = sin_cos_f64(a);
-            assert!((sn - a.sin()).abs() < 1e-12 && (cs - a.cos()).abs() < 1e-12, "{a}");
+            assert!(
+                (sn - a.sin()).abs() < 1e-12 && (cs - a.cos()).abs() < 1e-12,
+                "{a}"
+            );
         }
     }
 

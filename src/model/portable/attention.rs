@@ -123,7 +123,7 @@ fn attend_impl(t: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
     // too: it is the same value in any order (ties of ±0 give the same weights, and a NaN
     // score makes every output of the head NaN whatever the maximum is).
     let mut z = vec![0.0f32; n_q];
-    for i in 0..n_q {
+    for (i, zi) in z.iter_mut().enumerate() {
         let sc = &mut s.scores[i * stride..][..t.len[i]];
         let mut lanes = [f32::NEG_INFINITY; KEY_GROUP];
         let mut chunks = sc.chunks_exact(KEY_GROUP);
@@ -144,7 +144,7 @@ fn attend_impl(t: &Task<'_>, s: &mut Scratch, out: &mut [f32]) {
         for x in sc.iter_mut() {
             *x = arith::exp(*x - m);
         }
-        z[i] = arith::sum16_slice(sc);
+        *zi = arith::sum16_slice(sc);
     }
 
     // Outputs: Σ_j e_j · v_j in position order; each value row converted once.
@@ -180,7 +180,10 @@ mod tests {
     fn branch_free_conversion_is_the_exact_one() {
         for h in 0..=u16::MAX {
             let (a, b) = (h2f(h), arith::f16_to_f32(h));
-            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{h:#x}");
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{h:#x}"
+            );
         }
     }
 
@@ -195,7 +198,12 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for &(hd, longest, n_q) in &[(16usize, 1usize, 1usize), (64, 37, 3), (64, 300, 48), (32, 16, 2)] {
+        for &(hd, longest, n_q) in &[
+            (16usize, 1usize, 1usize),
+            (64, 37, 3),
+            (64, 300, 48),
+            (32, 16, 2),
+        ] {
             let groups = longest.div_ceil(KEY_GROUP);
             let k: Vec<u16> = (0..groups * hd * KEY_GROUP)
                 .map(|_| arith::f32_to_f16(((next() % 2000) as f32 - 1000.0) / 300.0))
@@ -206,15 +214,25 @@ mod tests {
             let q: Vec<f32> = (0..n_q * hd)
                 .map(|_| ((next() % 2000) as f32 - 1000.0) / 250.0)
                 .collect();
-            let len: Vec<usize> = (0..n_q).map(|i| longest - (i * 7) % longest.max(1)).collect();
-            let t = Task { q: &q, len: &len, k: &k, v: &v, hd };
+            let len: Vec<usize> = (0..n_q)
+                .map(|i| longest - (i * 7) % longest.max(1))
+                .collect();
+            let t = Task {
+                q: &q,
+                len: &len,
+                k: &k,
+                v: &v,
+                hd,
+            };
             let mut want = vec![0.0f32; n_q * hd];
             attend(KernelSet::Scalar, &t, &mut Scratch::default(), &mut want);
             for ks in KernelSet::available() {
                 let mut got = vec![0.0f32; n_q * hd];
                 attend(ks, &t, &mut Scratch::default(), &mut got);
                 assert!(
-                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{ks:?} hd {hd} len {longest}"
                 );
             }

@@ -78,7 +78,6 @@ impl Weights {
     }
 }
 
-
 /// One sequence's KV cache: binary16 keys and values (FORMAT.md §20.6), 2 bytes per element
 /// like llama.cpp's f16 cache. Grows by key groups as the sequence does.
 #[derive(Default)]
@@ -305,6 +304,10 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut [f32]) {
     }
 }
 
+/// Below this many multiply-adds (all rows, heads and positions of a step) attention runs on
+/// the calling thread.
+const PARALLEL_ATTENTION_MACS: usize = 1 << 18;
+
 /// Causal attention for every row and head (FORMAT.md §20.7), into `att` (`rows × n_embd`):
 /// one task per (sequence, KV head), holding every query of the step that reads it.
 #[allow(clippy::too_many_arguments)]
@@ -333,8 +336,16 @@ fn attention(
     // single heads when there are too few groups to keep every thread busy (decoding one
     // block at a time).
     let threads = pool.map_or(1, |p| p.current_num_threads());
-    let split = slots.len() * cfg.n_head_kv < 2 * threads && per_kv > 1;
-    let (run_len, n_runs) = if split { (1, cfg.n_head) } else { (per_kv, cfg.n_head_kv) };
+    // A pool round trip costs tens of µs: short contexts (a decoder's first tokens, small
+    // blocks) are done on this thread.
+    let work: usize = pos.iter().map(|&p| (p + 1) * cfg.n_head * hd).sum();
+    let parallel = threads > 1 && work >= PARALLEL_ATTENTION_MACS;
+    let split = parallel && slots.len() * cfg.n_head_kv < 2 * threads && per_kv > 1;
+    let (run_len, n_runs) = if split {
+        (1, cfg.n_head)
+    } else {
+        (per_kv, cfg.n_head_kv)
+    };
     let tasks: Vec<(usize, usize)> = (0..slots.len())
         .flat_map(|si| (0..n_runs).map(move |r| (si, r * run_len)))
         .collect();
@@ -363,7 +374,7 @@ fn attention(
         out
     };
     let results: Vec<Vec<f32>> = match pool {
-        Some(p) if tasks.len() > 1 => p.install(|| {
+        Some(p) if tasks.len() > 1 && parallel => p.install(|| {
             tasks
                 .par_iter()
                 .map_init(attention::Scratch::default, |s, t| run(t, s))

@@ -283,7 +283,10 @@ fn load_weights(g: &Gguf, file: &ModelFile) -> Result<Weights> {
     if n_embd == 0 || n_head == 0 || n_head_kv == 0 || n_layer == 0 || n_ff == 0 {
         return Err(bad(file, "zero model dimension"));
     }
-    if n_embd % n_head != 0 || n_head % n_head_kv != 0 || (n_embd / n_head) % 2 != 0 {
+    if !n_embd.is_multiple_of(n_head)
+        || !n_head.is_multiple_of(n_head_kv)
+        || !(n_embd / n_head).is_multiple_of(2)
+    {
         return Err(bad(
             file,
             format!("inconsistent heads: width {n_embd}, {n_head} heads, {n_head_kv} KV heads"),
@@ -306,7 +309,7 @@ fn load_weights(g: &Gguf, file: &ModelFile) -> Result<Weights> {
     if n_layer > 4096 || n_embd > 1 << 16 || n_ff > 1 << 18 {
         return Err(bad(file, "model dimensions beyond what lmz accepts"));
     }
-    if !(eps.is_finite() && eps >= 0.0) || !(rope_base.is_finite() && rope_base > 1.0) {
+    if !(eps.is_finite() && eps >= 0.0 && rope_base.is_finite() && rope_base > 1.0) {
         return Err(bad(file, "RMS epsilon or RoPE base out of range"));
     }
     let matrix = |name: &str, cols: usize, rows: Option<usize>| -> Result<Matrix> {
@@ -698,6 +701,32 @@ mod tests {
             "smollm2-135m-q4_1.txt",
             &texts,
             "lmz transformer v1 golden tables: SmolLM2-135M-Instruct Q4_1 (the default model).\n\
+             Per line: SHA-256 of the frequency tables after bos, t0 .. t(n-2), then t0 .. t(n-1).",
+        );
+    }
+
+    /// The tiny committed model's golden tables (FORMAT.md §20.10): every weight type, a
+    /// separate output matrix, grouped-query attention, a vocabulary that is no multiple of
+    /// 16; sequences long enough (up to 300 tokens) that attention spans many key groups.
+    #[test]
+    fn tiny_model_reproduces_its_vectors() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(crate::model::synthetic::COMMITTED_PATH);
+        let file = vectors::model_file(&path, "tiny-llama");
+        let long: Vec<u8> =
+            b"Alice was beginning to get very tired of sitting by her sister on the bank. "
+                .repeat(12);
+        let texts: [&[u8]; 4] = [
+            b"The quick brown fox jumps over the lazy dog.",
+            b"fn main() {\n    println!(\"{}\", 6 * 7);\n}\n<tiny> 2024-12-02",
+            &long,
+            b"\x00\x01\xff\xfe bytes, then \xc3\xa9t\xc3\xa9 and \xe2\x82\xac.",
+        ];
+        vectors::check(
+            &file,
+            "tiny-llama.txt",
+            &texts,
+            "lmz transformer v1 golden tables: format-spec/vectors/model/tiny-llama.gguf.\n\
              Per line: SHA-256 of the frequency tables after bos, t0 .. t(n-2), then t0 .. t(n-1).",
         );
     }

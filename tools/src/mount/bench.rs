@@ -326,7 +326,7 @@ fn generated_text(n: usize) -> Vec<u8> {
         let w = vocab[((u * u) * vocab.len() as f64) as usize % vocab.len()];
         out.extend_from_slice(w.as_bytes());
         col += w.len() + 1;
-        if x % 17 == 0 {
+        if x.is_multiple_of(17) {
             out.extend_from_slice(b".\n");
             col = 0;
         } else if col > 72 {

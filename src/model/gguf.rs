@@ -62,6 +62,17 @@ pub fn type_name(t: u32) -> String {
         ggml_type::Q4_0 => "Q4_0".into(),
         ggml_type::Q4_1 => "Q4_1".into(),
         ggml_type::Q8_0 => "Q8_0".into(),
+        // Types this crate does not read, named as ggml names them.
+        6 => "Q5_0".into(),
+        7 => "Q5_1".into(),
+        9 => "Q8_1".into(),
+        10 => "Q2_K".into(),
+        11 => "Q3_K".into(),
+        12 => "Q4_K".into(),
+        13 => "Q5_K".into(),
+        14 => "Q6_K".into(),
+        15 => "Q8_K".into(),
+        30 => "BF16".into(),
         _ => format!("ggml type {t}"),
     }
 }

@@ -8,6 +8,10 @@ use crate::ModelArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
+    /// The portable engine for every model it runs (Llama-architecture GGUF with Q4_0, Q4_1,
+    /// Q8_0, F16 and F32 weights: the default SmolLM2), else llama.cpp (other architectures,
+    /// K-quants), so that an archive decodes on every machine wherever that is possible.
+    Auto,
     /// The language model through lmz's own specified arithmetic: archives decode on every
     /// machine (model kind 3). Llama-architecture GGUF models with Q4_0/Q4_1/Q8_0/F16/F32
     /// weights.
@@ -23,11 +27,7 @@ pub enum Engine {
 
 impl Engine {
     /// `--engine`'s default for pack.
-    pub const DEFAULT: Engine = if cfg!(feature = "llama") {
-        Engine::Llama
-    } else {
-        Engine::Portable
-    };
+    pub const DEFAULT: Engine = Engine::Auto;
 
     /// What `lmz bench` measures when not told: every language-model engine of this build.
     pub fn bench_default() -> Vec<Engine> {
@@ -40,6 +40,7 @@ impl Engine {
 
     pub fn name(self) -> &'static str {
         match self {
+            Engine::Auto => "auto",
             Engine::Portable => "portable",
             Engine::Llama => "llama",
             Engine::Order1 => "order1",
@@ -73,7 +74,33 @@ pub fn load_for_pack(
             lmz::model::fetch::Want::Default,
             max_block_tokens(block_size),
         )?),
+        Engine::Auto => Some(load_auto(m, max_block_tokens(block_size))?),
     })
+}
+
+/// `--engine auto`: the portable engine if it runs this model, else llama.cpp. Only a model
+/// the portable engine cannot run (its architecture or weight types) falls back; any other
+/// failure (a missing or damaged file, a bad `LMZ_KERNELS`) is reported as it is.
+fn load_auto(m: &ModelArgs, max_tokens: u32) -> lmz::Result<Box<dyn Model>> {
+    use lmz::model::portable::{PortableLm, Support};
+    let file = lmz::model::fetch::resolve(m.model.as_deref(), lmz::model::fetch::Want::Default)?;
+    match PortableLm::supports(&file)? {
+        Support::Yes => open_portable(&file, m, max_tokens),
+        Support::No(why) if cfg!(feature = "llama") => {
+            log::info!(
+                "{}: {why}; packing with the llama engine (model kind 2: the archive decodes \
+                 only on machines of this one's class)",
+                file.path.display()
+            );
+            open_llama(&file, m, max_tokens)
+        }
+        Support::No(why) => Err(lmz::Error::ModelUnavailable {
+            detail: format!(
+                "{}: {why}, and this lmz was built without the llama engine",
+                file.path.display()
+            ),
+        }),
+    }
 }
 
 /// The model an archive needs, verified against its pin before anything is decoded.
@@ -136,15 +163,23 @@ fn load_portable(
     want: lmz::model::fetch::Want<'_>,
     max_tokens: u32,
 ) -> lmz::Result<Box<dyn Model>> {
-    use lmz::model::portable::{PortableLm, PortableOptions};
     let file = lmz::model::fetch::resolve(m.model.as_deref(), want)?;
+    open_portable(&file, m, max_tokens)
+}
+
+fn open_portable(
+    file: &lmz::model::fetch::ModelFile,
+    m: &ModelArgs,
+    max_tokens: u32,
+) -> lmz::Result<Box<dyn Model>> {
+    use lmz::model::portable::{PortableLm, PortableOptions};
     log::debug!("model: {}", file.describe());
     let opts = PortableOptions {
         threads: m.threads.unwrap_or(0),
         table_threads: m.table_threads,
         kernels: None,
     };
-    Ok(Box::new(PortableLm::load(&file, max_tokens, opts)?))
+    Ok(Box::new(PortableLm::load(file, max_tokens, opts)?))
 }
 
 #[cfg(feature = "llama")]
@@ -154,6 +189,15 @@ fn load_llama(
     max_tokens: u32,
 ) -> lmz::Result<Box<dyn Model>> {
     let file = lmz::model::fetch::resolve(m.model.as_deref(), want)?;
+    open_llama(&file, m, max_tokens)
+}
+
+#[cfg(feature = "llama")]
+fn open_llama(
+    file: &lmz::model::fetch::ModelFile,
+    m: &ModelArgs,
+    max_tokens: u32,
+) -> lmz::Result<Box<dyn Model>> {
     log::debug!("model: {}", file.describe());
     let threads = m.threads.unwrap_or_else(lmz::model::llama::available_cores);
     let opts = lmz::model::llama::LlamaOptions {
@@ -161,7 +205,7 @@ fn load_llama(
         table_threads: m.table_threads,
     };
     Ok(Box::new(lmz::model::llama::LlamaLm::load(
-        &file, max_tokens, opts,
+        file, max_tokens, opts,
     )?))
 }
 
@@ -171,7 +215,21 @@ fn load_llama(
     _: lmz::model::fetch::Want<'_>,
     _: u32,
 ) -> lmz::Result<Box<dyn Model>> {
-    Err(lmz::Error::ModelUnavailable {
-        detail: "this lmz was built without the llama feature".into(),
-    })
+    Err(no_llama())
+}
+
+#[cfg(not(feature = "llama"))]
+fn open_llama(
+    _: &lmz::model::fetch::ModelFile,
+    _: &ModelArgs,
+    _: u32,
+) -> lmz::Result<Box<dyn Model>> {
+    Err(no_llama())
+}
+
+#[cfg(not(feature = "llama"))]
+fn no_llama() -> lmz::Error {
+    lmz::Error::ModelUnavailable {
+        detail: "this lmz was built without the llama engine (cargo feature `llama`)".into(),
+    }
 }

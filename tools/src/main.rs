@@ -90,10 +90,10 @@ enum Cmd {
         /// better ratio.
         #[arg(long, value_name = "BYTES", default_value_t = 8192)]
         block_size: u32,
-        /// Probability model: portable (the language model in lmz's specified arithmetic: the
-        /// archive decodes on every machine), llama (the language model through llama.cpp:
-        /// decodes only on machines of the writer's class), order1 (built-in, fast, weak) or
-        /// none (zstd only).
+        /// Probability model: auto (portable if it runs the model, else llama), portable (the
+        /// language model in lmz's specified arithmetic: the archive decodes on every
+        /// machine), llama (the language model through llama.cpp: decodes only on machines of
+        /// the writer's class), order1 (built-in, fast, weak) or none (zstd only).
         #[arg(long, value_enum, default_value_t = Engine::DEFAULT)]
         engine: Engine,
         /// zstd level for blocks the model does not win.

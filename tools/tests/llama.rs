@@ -54,6 +54,8 @@ fn corpus_tree_round_trip_with_other_threads_and_width() {
     let out = run(lmz()
         .args([
             "pack",
+            "--engine",
+            "llama",
             "--block-size",
             "2048",
             "--threads",
@@ -89,7 +91,16 @@ fn pipe_round_trip_through_the_model() {
     std::fs::write(&f, corpus("alice29.txt", 1200)).unwrap();
     let out = t.path().join("out");
     let mut pack = lmz()
-        .args(["pack", "-q", "--block-size", "1024", "-o", "-"])
+        .args([
+            "pack",
+            "--engine",
+            "llama",
+            "-q",
+            "--block-size",
+            "1024",
+            "-o",
+            "-",
+        ])
         .arg(&f)
         .stdout(Stdio::piped())
         .spawn()
@@ -119,7 +130,7 @@ fn cat_range_decodes_only_covering_blocks() {
     std::fs::write(&f, &data).unwrap();
     let a = t.path().join("a.lmz");
     run(lmz()
-        .args(["pack", "-q", "--block-size", "512"])
+        .args(["pack", "--engine", "llama", "-q", "--block-size", "512"])
         .arg(&f)
         .arg("-o")
         .arg(&a));
@@ -144,7 +155,11 @@ fn wrong_model_is_refused_before_anything_is_written() {
     let f = t.path().join("a.txt");
     std::fs::write(&f, corpus("alice29.txt", 600)).unwrap();
     let a = t.path().join("a.lmz");
-    run(lmz().args(["pack", "-q"]).arg(&f).arg("-o").arg(&a));
+    run(lmz()
+        .args(["pack", "--engine", "llama", "-q"])
+        .arg(&f)
+        .arg("-o")
+        .arg(&a));
     // Another file posing as the model: a GGUF magic and nothing else.
     let fake = t.path().join("other.gguf");
     std::fs::write(&fake, b"GGUF\x03\0\0\0 not really a model").unwrap();
@@ -292,7 +307,8 @@ fn model_that_is_not_batch_invariant_is_coded_one_block_at_a_time() {
     let pack = |name: &str, batch: &str| {
         let a = t.path().join(name);
         let out = run(lmz()
-            .args(["pack", "--model", "gemma3-270m", "--block-size", "300"])
+            .args(["pack", "--engine", "llama", "--model", "gemma3-270m"])
+            .args(["--block-size", "300"])
             .args(["--threads", "2", "--batch", batch, "-o"])
             .arg(&a)
             .arg(&src));
@@ -353,7 +369,8 @@ fn intact_payload_that_decodes_wrong_is_divergence_not_damage() {
     std::fs::write(&f, corpus("alice29.txt", 900)).unwrap();
     let a = t.path().join("a.lmz");
     run(lmz()
-        .args(["pack", "-q", "--threads", "2", "--block-size", "1024", "-o"])
+        .args(["pack", "--engine", "llama", "-q", "--threads", "2"])
+        .args(["--block-size", "1024", "-o"])
         .arg(&a)
         .arg(&f));
     let arch = lmz::archive::Archive::open(&a).unwrap();

@@ -179,3 +179,28 @@ fn kernel_set_the_cpu_lacks_or_unknown_is_a_clear_error() {
     assert!(err.contains("LMZ_KERNELS"), "{err}");
     assert!(!t.path().join("x.lmz").exists());
 }
+
+/// With no `--engine`, pack uses the portable engine for the default model (`auto`), so the
+/// archive is kind 3 and decodes anywhere; the model it pins is the default one.
+#[test]
+fn the_default_engine_is_portable_for_the_default_model() {
+    let _g = lock();
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("alice.txt");
+    let data = corpus("alice29.txt", 700);
+    std::fs::write(&f, &data).unwrap();
+    let a = t.path().join("a.lmz");
+    run(lmz()
+        .args(["pack", "-q", "--threads", "2", "-o"])
+        .arg(&a)
+        .arg(&f));
+    let list = run(lmz().args(["list", "--json"]).arg(&a));
+    let j: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(j["model"]["kind"], "Portable", "{j}");
+    assert_eq!(j["model"]["class"], "portable", "{j}");
+    let out = run(lmz()
+        .args(["cat", "--threads", "1"])
+        .arg(&a)
+        .arg("alice.txt"));
+    assert_eq!(out.stdout, data);
+}

@@ -52,6 +52,20 @@ pub struct PortableOptions {
     pub kernels: Option<KernelSet>,
 }
 
+/// Whether the portable engine runs a model at all ([`PortableLm::supports`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    /// Not a model kind 3 covers (FORMAT.md §20.2): the reason, for the user.
+    No(String),
+}
+
+/// The weight types kind 3 defines (FORMAT.md §20.4): F32, F16, Q4_0, Q4_1, Q8_0.
+const KIND3_TYPES: [u32; 5] = {
+    use super::gguf::ggml_type::*;
+    [F32, F16, Q4_0, Q4_1, Q8_0]
+};
+
 pub struct PortableLm {
     w: Weights,
     pin: ModelPin,
@@ -88,6 +102,43 @@ pub fn cpu_features() -> String {
 
 impl PortableLm {
     /// Loads a verified GGUF model file (its hash already computed: the pin names it).
+    /// Whether kind 3 covers this model's architecture, tokenizer, RoPE and weight types, so
+    /// that `--engine auto` can choose without loading it. A file that is not a readable GGUF
+    /// is an error, not a "no"; a model this says yes to may still be refused by
+    /// [`PortableLm::load`] for inconsistent shapes, which no engine would run.
+    pub fn supports(file: &ModelFile) -> Result<Support> {
+        let g = Gguf::open(&file.path)?;
+        let arch = g.get_str("general.architecture")?.unwrap_or("");
+        if arch != "llama" {
+            return Ok(Support::No(format!(
+                "architecture {arch:?} (the portable engine runs \"llama\")"
+            )));
+        }
+        let tok = g.get_str("tokenizer.ggml.model")?.unwrap_or("");
+        if tok != "gpt2" {
+            return Ok(Support::No(format!(
+                "tokenizer {tok:?} (the portable engine runs byte-level BPE, \"gpt2\")"
+            )));
+        }
+        if let Some(t) = g.get_str("llama.rope.scaling.type")? {
+            if t != "none" {
+                return Ok(Support::No(format!("RoPE scaling {t:?}")));
+            }
+        }
+        if let Some(t) = g
+            .tensors
+            .iter()
+            .find(|t| !KIND3_TYPES.contains(&t.ggml_type))
+        {
+            return Ok(Support::No(format!(
+                "tensor {} is {} (the portable engine runs F32, F16, Q4_0, Q4_1 and Q8_0)",
+                t.name,
+                crate::model::gguf::type_name(t.ggml_type)
+            )));
+        }
+        Ok(Support::Yes)
+    }
+
     pub fn load(file: &ModelFile, max_block_tokens: u32, opts: PortableOptions) -> Result<Self> {
         let kernels = match opts.kernels {
             Some(k) => k,
@@ -703,6 +754,41 @@ mod tests {
             "lmz transformer v1 golden tables: SmolLM2-135M-Instruct Q4_1 (the default model).\n\
              Per line: SHA-256 of the frequency tables after bos, t0 .. t(n-2), then t0 .. t(n-1).",
         );
+    }
+
+    /// `--engine auto` asks this: yes for the models kind 3 defines, a reason for others,
+    /// an error for a file that is not a GGUF.
+    #[test]
+    fn supports_says_which_models_kind_3_covers() {
+        use crate::model::gguf_write::{string, GgufWriter};
+        let dir = std::env::temp_dir().join(format!("lmz-supports-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(crate::model::synthetic::COMMITTED_PATH);
+        let file = |path: &std::path::Path| vectors::model_file(path, "test");
+        assert_eq!(PortableLm::supports(&file(&tiny)).unwrap(), Support::Yes);
+        let write = |name: &str, arch: &str, tok: &str, ty: u32, len: usize| {
+            let mut w = GgufWriter::new();
+            w.kv("general.architecture", string(arch))
+                .kv("tokenizer.ggml.model", string(tok))
+                .tensor("token_embd.weight", &[256, 2], ty, vec![0; len]);
+            let p = dir.join(name);
+            std::fs::write(&p, w.finish()).unwrap();
+            file(&p)
+        };
+        let no = |f: &ModelFile| match PortableLm::supports(f).unwrap() {
+            Support::No(why) => why,
+            Support::Yes => panic!("{} supported", f.path.display()),
+        };
+        // Q8_0: 34 bytes per 32 weights; Q4_K (ggml type 12): 144 bytes per 256.
+        let q8 = 2 * 8 * 34;
+        assert!(no(&write("gemma.gguf", "gemma3", "gpt2", 8, q8)).contains("gemma3"));
+        assert!(no(&write("spm.gguf", "llama", "llama", 8, q8)).contains("\"llama\""));
+        assert!(no(&write("q4k.gguf", "llama", "gpt2", 12, 2 * 144)).contains("Q4_K"));
+        let junk = dir.join("junk.gguf");
+        std::fs::write(&junk, b"not a gguf at all").unwrap();
+        assert!(PortableLm::supports(&file(&junk)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The tiny committed model's golden tables (FORMAT.md §20.10): every weight type, a

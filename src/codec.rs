@@ -21,6 +21,8 @@
 //! ([`Error::ModelDiverged`], naming both machines); under models that compute the same on
 //! every machine it can only be damage behind a forged checksum, and stays corruption.
 
+mod zstd_block;
+
 use crate::coder::{ideal_bits, Decoder, Encoder};
 use crate::error::{Error, Machine, Result};
 use crate::format::{BlockHeader, Codec, Header, ModelKind, FREQ_BITS};
@@ -69,7 +71,7 @@ pub struct BlockRefData<'a> {
 }
 
 fn zstd_compress(plain: &[u8], level: i32) -> Option<Vec<u8>> {
-    zstd::bulk::compress(plain, level).ok()
+    zstd_block::compress(plain, level)
 }
 
 /// Codes `plains` with the cheapest codec; model coding, when `model` is given, runs `width`
@@ -579,28 +581,9 @@ impl DecodeJob<'_, '_> {
     }
 }
 
-/// Decompresses a zstd block into at most `limit` bytes. Memory grows with the output
-/// actually produced, so a header claiming a large block costs nothing by itself.
+/// Decompresses a zstd block into at most `limit + 1` bytes ([`zstd_block::decompress`]).
 fn zstd_decompress(b: &BlockRefData<'_>, limit: usize) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let err =
-        |e: std::io::Error| Error::corrupt(b.offset, format!("block {}: zstd: {e}", b.number));
-    // Exactly one frame (FORMAT.md): no skippable or concatenated frames.
-    if zstd::zstd_safe::find_frame_compressed_size(b.payload) != Ok(b.payload.len()) {
-        return Err(Error::corrupt(
-            b.offset,
-            format!("block {}: payload is not exactly one zstd frame", b.number),
-        ));
-    }
-    let dec = zstd::stream::read::Decoder::with_buffer(b.payload)
-        .map_err(err)?
-        .single_frame();
-    let mut out = Vec::with_capacity(limit.min(1 << 16));
-    // One byte more than allowed reveals a stream that is too long.
-    dec.take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(err)?;
-    Ok(out)
+    zstd_block::decompress(b.payload, limit, b.number, b.offset)
 }
 
 /// Checks a decoded block against its header.

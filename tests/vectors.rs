@@ -1724,7 +1724,7 @@ fn invalid_vectors() -> Vec<Invalid> {
             Corrupt @ Decode, "token count 1025 out of range", "token count 1025 out of range",
             |r| r.patch_block(0, |k| put32(k, 16, 1025)).assemble() },
         bad! { "model-block-tokens-long", Order1,
-            "model block 0: tokens = plain_len + 1 (a token stands for at least one byte)",
+            "model block 0: tokens = plain_len + 1 (a block holds at most one token per byte, FORMAT.md §7, even though a token may have an empty piece)",
             Corrupt @ Decode, "token count 501 out of range", "token count 501 out of range",
             |r| r.patch_block(0, |k| put32(k, 16, 501)).assemble() },
         bad! { "model-block-tokens-short", Order1, "model block 0: tokens one less than coded",

@@ -192,11 +192,12 @@ impl Extractor {
 
     fn complete(&mut self, mut p: Pending) -> Result<()> {
         let f = p.file.take().expect("file open");
+        // Owner before mode: chown clears set-uid and set-gid bits, even for root.
+        self.set_owner(&p.path, &p.entry);
         f.set_permissions(std::fs::Permissions::from_mode(p.entry.mode))
             .map_err(|e| Error::io(&p.path, e))?;
         f.sync_all().ok();
         drop(f);
-        self.set_owner(&p.path, &p.entry);
         set_times(&p.path, &p.entry)
     }
 
@@ -221,13 +222,15 @@ impl Extractor {
                 ),
             ));
         }
-        for (p, e) in self.dir_meta.iter().rev() {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(e.mode))
-                .map_err(|err| Error::io(p, err))?;
-        }
+        // Owner before mode (chown clears set-gid on directories too), then times last, as
+        // a child's changes touch its parent's mtime.
         let dirs = std::mem::take(&mut self.dir_meta);
         for (p, e) in dirs.iter().rev() {
             self.set_owner(p, e);
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(e.mode))
+                .map_err(|err| Error::io(p, err))?;
+        }
+        for (p, e) in dirs.iter().rev() {
             set_times(p, e)?;
         }
         Ok((self.files, self.bytes))

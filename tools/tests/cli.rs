@@ -274,3 +274,42 @@ fn other_backend_in_header_of_a_specified_model_is_no_concern() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("written on cuda"), "{said}");
 }
+
+/// Special mode bits survive extraction: the owner is applied before the mode (chown clears
+/// set-uid and set-gid, even for root), by the random-access and the stream extractor alike.
+#[test]
+fn set_uid_set_gid_and_sticky_bits_survive_unpack() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("shared")).unwrap();
+    let modes = [("suid", 0o4755), ("sgid", 0o2755), ("both", 0o6711)];
+    for (name, mode) in modes {
+        let f = src.join(name);
+        std::fs::write(&f, name).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::set_permissions(src.join("shared"), std::fs::Permissions::from_mode(0o3777)).unwrap();
+    let a = t.path().join("a.lmz");
+    run(lmz()
+        .args(["pack", "--engine", "none", "-q", "-o"])
+        .arg(&a)
+        .arg(&src));
+    let mode =
+        |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let check = |out: &std::path::Path| {
+        for (name, m) in modes {
+            assert_eq!(mode(&out.join("src").join(name)), m, "{name}");
+        }
+        assert_eq!(mode(&out.join("src/shared")), 0o3777);
+    };
+    let out = t.path().join("out");
+    run(lmz().args(["unpack", "-q"]).arg(&a).arg("-C").arg(&out));
+    check(&out);
+    let piped = t.path().join("piped");
+    run(lmz()
+        .args(["unpack", "-q", "-", "-C"])
+        .arg(&piped)
+        .stdin(std::fs::File::open(&a).unwrap()));
+    check(&piped);
+}

@@ -61,6 +61,10 @@ pub enum Support {
 }
 
 /// The weight types kind 3 defines (FORMAT.md §20.4): F32, F16, Q4_0, Q4_1, Q8_0.
+/// Most rows a matrix may have: a vocabulary plus its 256 escapes must fit the header's
+/// `vocab_size` bound of 2^22 (FORMAT.md §4.1), and no other matrix comes near it.
+const MAX_ROWS: u64 = (1 << 22) - 256;
+
 const KIND3_TYPES: [u32; 5] = {
     use super::gguf::ggml_type::*;
     [F32, F16, Q4_0, Q4_1, Q8_0]
@@ -369,7 +373,7 @@ fn load_weights(g: &Gguf, file: &ModelFile) -> Result<Weights> {
             .ok_or_else(|| bad(file, format!("tensor {name} missing")))?;
         let dims = &t.dims;
         let ok_rows = dims.len() == 2 && rows.is_none_or(|r| dims[1] == r as u64);
-        if !ok_rows || dims[0] != cols as u64 || dims[1] == 0 || dims[1] > 1 << 24 {
+        if !ok_rows || dims[0] != cols as u64 || dims[1] == 0 || dims[1] > MAX_ROWS {
             return Err(bad(
                 file,
                 format!("tensor {name} has shape {dims:?}, expected [{cols}, {rows:?}]"),

@@ -7,6 +7,7 @@
 //! (`quantize_row_*_ref`), so the synthetic model's weights are what `llama-quantize` would
 //! have made of the same floats; the f16 conversion rounds to nearest even.
 
+pub use super::binary16::{f16_to_f32, f32_to_f16};
 use super::gguf::{ggml_type, value_type, Array, Value, DEFAULT_ALIGNMENT};
 
 /// A GGUF file being assembled.
@@ -152,69 +153,6 @@ pub fn strings<S: AsRef<[u8]>>(v: &[S]) -> Value {
 
 const _: () = assert!(value_type::ARRAY == 9);
 
-/// f32 → IEEE binary16 bits, rounding to nearest, ties to even (overflow to ±inf, NaN stays
-/// NaN with its sign and top payload bits, quiet).
-pub fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32;
-    let man = b & 0x7f_ffff;
-    if exp == 0xff {
-        return sign
-            | 0x7c00
-            | if man != 0 {
-                0x200 | (man >> 13) as u16
-            } else {
-                0
-            };
-    }
-    // Exponent re-biased for f16.
-    let e = exp - 127 + 15;
-    if e >= 31 {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        // Subnormal (or zero) in f16: value = r · 2^-24 with r = m · 2^(e − 14).
-        if e < -10 {
-            return sign;
-        }
-        let m = man | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let mut r = m >> shift;
-        let rem = m & ((1u32 << shift) - 1);
-        if rem > half || (rem == half && r & 1 == 1) {
-            r += 1; // may carry into the smallest normal: the right encoding
-        }
-        return sign | r as u16;
-    }
-    let mut r = ((e as u32) << 10) | (man >> 13);
-    let rem = man & 0x1fff;
-    if rem > 0x1000 || (rem == 0x1000 && r & 1 == 1) {
-        r += 1; // may carry into the exponent, up to infinity: the right encoding
-    }
-    sign | r as u16
-}
-
-/// IEEE binary16 bits → f32, exactly (subnormals, ±inf; NaN stays NaN).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h & 0x8000) as u32) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: m · 2^-24, exact in f32.
-            let v = m as f32 * f32::from_bits(0x3380_0000); // 2^-24
-            return if sign != 0 { -v } else { v };
-        }
-        (31, 0) => sign | 0x7f80_0000,
-        (31, m) => sign | 0x7fc0_0000 | (m << 13),
-        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
-}
-
 /// Encodes `x` (a whole number of rows) as ggml type `t`: F32, F16, Q4_0, Q4_1 or Q8_0
 /// (quantized types need a multiple of 32 values). Panics on other types or lengths: the
 /// callers are test generators with fixed shapes.
@@ -299,42 +237,6 @@ fn quantize_q4_1(x: &[f32; 32], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn f16_round_trips_every_value() {
-        for h in 0..=u16::MAX {
-            let f = f16_to_f32(h);
-            if f.is_nan() {
-                assert!(f32_to_f16(f) & 0x7c00 == 0x7c00 && f32_to_f16(f) & 0x3ff != 0);
-            } else {
-                assert_eq!(f32_to_f16(f), h, "{h:04x} -> {f}");
-            }
-        }
-    }
-
-    #[test]
-    fn f16_rounds_to_nearest_even() {
-        // Between every pair of adjacent finite f16 values (same sign), the midpoint goes to
-        // the even one, and a hair either side of it to the nearer one.
-        for h in 0..0x7bffu16 {
-            let (a, b) = (f16_to_f32(h) as f64, f16_to_f32(h + 1) as f64);
-            let mid = ((a + b) / 2.0) as f32; // exact: f16 midpoints fit in f32
-            assert_eq!(mid as f64, (a + b) / 2.0);
-            let even = if h % 2 == 0 { h } else { h + 1 };
-            assert_eq!(f32_to_f16(mid), even, "midpoint of {h:04x}");
-            assert_eq!(f32_to_f16(-mid), even | 0x8000);
-            let below = f32::from_bits(mid.to_bits() - 1);
-            let above = f32::from_bits(mid.to_bits() + 1);
-            assert_eq!(f32_to_f16(below), h);
-            assert_eq!(f32_to_f16(above), h + 1);
-        }
-        // Overflow: the midpoint between the largest finite value and 2^16 rounds to inf.
-        assert_eq!(f32_to_f16(65520.0), 0x7c00);
-        assert_eq!(f32_to_f16(65519.99), 0x7bff);
-        assert_eq!(f32_to_f16(1e-9), 0);
-        assert_eq!(f32_to_f16(-1e-9), 0x8000);
-        assert_eq!(f32_to_f16(f32::INFINITY), 0x7c00);
-    }
 
     fn dequant(t: u32, b: &[u8]) -> Vec<f32> {
         let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));

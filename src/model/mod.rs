@@ -14,6 +14,7 @@
 //! fuzzing and builds without llama.cpp; and `llama::LlamaLm` (feature `llama`), the only
 //! code that touches llama.cpp.
 
+pub mod binary16;
 pub mod bpe;
 pub mod fetch;
 pub mod gguf;

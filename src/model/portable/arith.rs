@@ -13,6 +13,9 @@
 //! order maps onto one AVX-512 register, two AVX2 registers or four NEON registers, so a
 //! vectorised implementation reproduces it exactly.
 
+/// The binary16 conversions of §20.3 (one copy, shared with the kernels and the GGUF writer).
+pub use crate::model::binary16::{f16_to_f32, f32_to_f16};
+
 /// `1.5 · 2^23`: adding then subtracting it rounds an f32 of magnitude below `2^22` to the
 /// nearest integer, ties to even, with two exactly rounded additions (no `roundevenf` call).
 const ROUNDER: f32 = 12_582_912.0;
@@ -129,63 +132,6 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let scale = 1.0 / (mean + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = (v * scale) * g;
-    }
-}
-
-/// IEEE binary16 → binary32, exact (subnormals, ±∞; NaN stays NaN).
-#[inline]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h as u32) & 0x8000) << 16;
-    let mag = (h as u32) & 0x7fff;
-    if mag >= 0x7c00 {
-        // ±∞ and NaN: the top exponent, mantissa carried over.
-        return f32::from_bits(sign | 0x7f80_0000 | ((mag & 0x3ff) << 13));
-    }
-    // Normals and subnormals alike: place the bits as an f32 of exponent bias 15 instead of
-    // 127 and scale by 2^112 (an exact multiplication; subnormal inputs are handled by it).
-    let v = f32::from_bits(mag << 13) * f32::from_bits((127 + 112) << 23);
-    f32::from_bits(v.to_bits() | sign)
-}
-
-/// IEEE binary32 → binary16, rounding to nearest, ties to even; overflow → ±∞; every NaN →
-/// the quiet NaN `0x7e00` with the input's sign.
-pub fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32;
-    let man = b & 0x7f_ffff;
-    if exp == 255 {
-        return sign | if man != 0 { 0x7e00 } else { 0x7c00 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 31 {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        // A binary16 subnormal (or zero): the 24-bit significand shifted to units of 2^−24.
-        let shift = (14 - e) as u32;
-        if shift > 24 {
-            return sign;
-        }
-        let m = man | if exp == 0 { 0 } else { 0x80_0000 };
-        let r = round_shift(m, shift);
-        return sign | r as u16;
-    }
-    // A carry out of the mantissa moves to the next binade, or to ∞: both are right.
-    let r = round_shift(((e as u32) << 23) | man, 13);
-    sign | r as u16
-}
-
-/// `v >> shift`, rounded to nearest, ties to even (`1 ≤ shift ≤ 24`).
-#[inline]
-fn round_shift(v: u32, shift: u32) -> u32 {
-    let half = 1u32 << (shift - 1);
-    let rem = v & ((1u32 << shift) - 1);
-    let r = v >> shift;
-    if rem > half || (rem == half && r & 1 == 1) {
-        r + 1
-    } else {
-        r
     }
 }
 
@@ -399,47 +345,6 @@ mod tests {
                 (sn - a.sin()).abs() < 1e-12 && (cs - a.cos()).abs() < 1e-12,
                 "{a}"
             );
-        }
-    }
-
-    #[test]
-    fn f16_round_trips_and_rounds_to_nearest_even() {
-        for h in 0..=u16::MAX {
-            let f = f16_to_f32(h);
-            if f.is_nan() {
-                assert_eq!(f32_to_f16(f) & 0x7fff, 0x7e00);
-            } else {
-                assert_eq!(f32_to_f16(f), h, "{h:#06x}");
-            }
-        }
-        // Halfway between 1.0 and the next f16 (1 + 2^-10): ties to even, i.e. 1.0.
-        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00);
-        assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
-        assert_eq!(f32_to_f16(65520.0), 0x7c00, "rounds up to infinity");
-        assert_eq!(f32_to_f16(65519.0), 0x7bff);
-        assert_eq!(f32_to_f16(2f32.powi(-25)), 0, "tie to even zero");
-        assert_eq!(f32_to_f16(2f32.powi(-25) * 1.5), 1);
-        assert_eq!(f32_to_f16(-0.0), 0x8000);
-        // Against a reference through f64 on random inputs.
-        let mut s = 3;
-        for _ in 0..200_000 {
-            let x = f32::from_bits(rng(&mut s) as u32);
-            if x.is_nan() {
-                continue;
-            }
-            let h = f32_to_f16(x);
-            let back = f16_to_f32(h) as f64;
-            if back.is_infinite() {
-                assert!(x.abs() >= 65504.0);
-                continue;
-            }
-            // No other f16 is nearer.
-            for n in [h.wrapping_sub(1), h.wrapping_add(1)] {
-                let o = f16_to_f32(n) as f64;
-                if o.is_finite() && (n & 0x7c00) != 0x7c00 && (n ^ h) & 0x8000 == 0 {
-                    assert!((o - x as f64).abs() >= (back - x as f64).abs(), "{x}");
-                }
-            }
         }
     }
 

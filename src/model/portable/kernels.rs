@@ -39,6 +39,7 @@
 #![allow(clippy::assign_op_pattern, clippy::needless_range_loop)]
 
 use crate::error::{Error, Result};
+pub use crate::model::binary16::f16_to_f32;
 
 /// Rows per group of the repacked layout (one 32-bit lane per row in a 512-bit vector).
 pub const GROUP: usize = 16;
@@ -235,25 +236,6 @@ impl WeightType {
             WeightType::Q4_1 => 2 * GROUP,
             _ => GROUP,
         }
-    }
-}
-
-/// The exact IEEE binary16 → binary32 conversion (subnormals, ±inf; a NaN stays NaN, quieted
-/// as x86's `vcvtph2ps` does, so every kernel set sees the same bits).
-#[inline]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h as u32) & 0x8000) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    match exp {
-        0 => {
-            // ±0 or subnormal: mant · 2^-24, exact in f32.
-            let v = mant as f32 * (1.0 / 16_777_216.0);
-            f32::from_bits(v.to_bits() | sign)
-        }
-        31 if mant == 0 => f32::from_bits(sign | 0x7f80_0000),
-        31 => f32::from_bits(sign | 0x7fc0_0000 | (mant << 13)),
-        _ => f32::from_bits(sign | ((exp + 112) << 23) | (mant << 13)),
     }
 }
 
@@ -1588,7 +1570,7 @@ mod tests {
     }
 
     #[test]
-    fn f16_conversion_is_exact() {
+    fn f16_conversion_is_exact_and_the_hardwares() {
         for h in 0..=u16::MAX {
             let (a, b) = (f16_to_f32(h), ref_f16(h));
             assert!(same(a, b), "{h:#x}: {a:e} ≠ {b:e}");

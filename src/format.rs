@@ -117,6 +117,16 @@ pub struct ModelPin {
 }
 
 impl ModelPin {
+    /// The pin check of FORMAT.md §5: every field that changes probabilities is equal.
+    /// `max_block_tokens` is not one of them: it bounds a decoder's work, it is not a
+    /// property of the model.
+    pub fn matches(&self, other: &ModelPin) -> bool {
+        ModelPin {
+            max_block_tokens: other.max_block_tokens,
+            ..*self
+        } == *other
+    }
+
     /// The pin of an archive that uses no model.
     pub fn none() -> ModelPin {
         ModelPin {
@@ -888,6 +898,36 @@ mod tests {
             engine_version: "x".into(),
             cpu_features: "avx2".into(),
         }
+    }
+
+    /// The pin check compares every field but `max_block_tokens` (FORMAT.md §5).
+    #[test]
+    fn pin_matches_ignores_only_max_block_tokens() {
+        let p = header().pin;
+        let mut q = p.clone();
+        q.max_block_tokens = 17;
+        assert!(p.matches(&q) && q.matches(&p));
+        let changes: [fn(&mut ModelPin); 11] = [
+            |q| q.sha256[31] ^= 1,
+            |q| q.size += 1,
+            |q| q.vocab_size += 1,
+            |q| q.freq_bits += 1,
+            |q| q.tokenizer = Tokenizer::LlamaPieces,
+            |q| q.context_policy += 1,
+            |q| q.bos += 1,
+            |q| q.schedule += 1,
+            |q| q.flash_attn += 1,
+            |q| q.kv_unified += 1,
+            |q| q.kv_type += 1,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut q = p.clone();
+            change(&mut q);
+            assert!(!p.matches(&q), "field {i}");
+        }
+        let mut q = p.clone();
+        q.kind = ModelKind::Llama;
+        assert!(!p.matches(&q));
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Archive {
                 expected: expected(),
                 found: "no model was loaded".into(),
             }),
-            Some(m) if m.pin() != self.header.pin => {
+            Some(m) if !m.pin().matches(&self.header.pin) => {
                 let p = m.pin();
                 Err(Error::ModelMismatch {
                     expected: expected(),

@@ -93,7 +93,7 @@ pub fn extract_stream<'m, R: Read>(
     let (model, mut ex) = setup(&header)?;
     let model = model.as_deref();
     if let Some(m) = model {
-        if m.pin() != header.pin {
+        if !m.pin().matches(&header.pin) {
             return Err(Error::ModelMismatch {
                 expected: format!("{} (sha256 {})", header.model_name, header.pin.sha256_hex()),
                 found: format!("the model loaded has sha256 {}", m.pin().sha256_hex()),

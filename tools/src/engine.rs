@@ -138,7 +138,7 @@ pub fn load_for_archive(h: &Header, m: &ModelArgs) -> lmz::Result<Option<Box<dyn
             )?
         }
     };
-    if model.pin() != h.pin {
+    if !model.pin().matches(&h.pin) {
         return Err(lmz::Error::ModelMismatch {
             expected: format!("{} with settings {:?}", h.model_name, h.pin),
             found: format!("the model loaded has settings {:?}", model.pin()),

@@ -45,7 +45,10 @@ pub struct BenchArgs {
 }
 
 /// `--widths`: pack/unpack W blocks at once for each W, against the model's raw speed.
-fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()> {
+fn widths(
+    args: &BenchArgs,
+    model: Option<&dyn lmz::model::Model>,
+) -> Result<Option<serde_json::Value>> {
     let src =
         std::fs::read(&args.files[0]).with_context(|| format!("{}", args.files[0].display()))?;
     ensure!(!src.is_empty(), "empty input");
@@ -146,8 +149,9 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
                 })
             })
             .collect();
-        let out = serde_json::json!({ "widths": rows, "tables_alone": tables });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(Some(
+            serde_json::json!({ "widths": rows, "tables_alone": tables }),
+        ));
     } else {
         if let Some(alone) = &alone {
             println!();
@@ -189,7 +193,7 @@ fn widths(args: &BenchArgs, model: Option<&dyn lmz::model::Model>) -> Result<()>
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// What [`lmz::model::tables::Tables`] makes per second from rows of `symbols` logits, with
@@ -301,7 +305,10 @@ fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
     out.status.success().then_some(out.stdout.len())
 }
 
+/// Measures each engine in turn. With `--json`, one document: one engine's results as they
+/// are, several engines' as `{"engines": [{"engine": NAME, "results": ...}, ...]}`.
 pub fn run(args: BenchArgs) -> Result<()> {
+    let mut docs = Vec::new();
     for (i, &e) in args.engine.iter().enumerate() {
         if args.engine.len() > 1 && !args.json {
             if i > 0 {
@@ -310,12 +317,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("### engine: {}", e.name());
             println!();
         }
-        run_engine(&args, e)?;
+        if let Some(d) = run_engine(&args, e)? {
+            docs.push(serde_json::json!({ "engine": e.name(), "results": d }));
+        }
+    }
+    if args.json {
+        let out = match docs.len() {
+            1 => docs.pop().expect("one")["results"].take(),
+            _ => serde_json::json!({ "engines": docs }),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
 }
 
-fn run_engine(args: &BenchArgs, engine: Engine) -> Result<()> {
+/// Runs one engine's measurements: prints its tables, or returns its JSON with `--json`.
+fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Value>> {
     let model = engine::load_for_pack(engine, args.block_size, &args.m)?;
     let model = model.as_deref();
     if let Some(m) = model {
@@ -454,8 +471,5 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<()> {
         }
         rows.push(row);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    }
-    Ok(())
+    Ok(args.json.then(|| serde_json::Value::Array(rows)))
 }

@@ -313,3 +313,31 @@ fn set_uid_set_gid_and_sticky_bits_survive_unpack() {
         .stdin(std::fs::File::open(&a).unwrap()));
     check(&piped);
 }
+
+/// `bench --json` prints one JSON document: one engine's rows as they are, several engines'
+/// under `engines`, in the order asked.
+#[test]
+fn bench_json_is_one_document_for_any_number_of_engines() {
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("alice.txt");
+    std::fs::write(&f, corpus("alice29.txt", 6000)).unwrap();
+    let json = |engines: &str| -> serde_json::Value {
+        let out = run(lmz()
+            .args(["bench", "--json", "--no-baselines", "--block-size", "2048"])
+            .args(["--engine", engines])
+            .arg(&f));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let one = json("order1");
+    assert_eq!(one.as_array().map(Vec::len), Some(1), "{one}");
+    let two = json("order1,none");
+    let e = two["engines"].as_array().expect("engines");
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0]["engine"], "order1");
+    assert_eq!(e[1]["engine"], "none");
+    // The same archive as the run with order1 alone (timings aside).
+    for k in ["archive_bytes", "lmz_bpb", "blocks"] {
+        assert_eq!(e[0]["results"][0][k], one[0][k], "{k}");
+    }
+}

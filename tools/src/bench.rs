@@ -471,5 +471,5 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
         }
         rows.push(row);
     }
-    Ok(args.json.then(|| serde_json::Value::Array(rows)))
+    Ok(args.json.then_some(serde_json::Value::Array(rows)))
 }

@@ -110,6 +110,10 @@ impl<'m, W: Write> Writer<'m, W> {
             },
         };
         let h = header.encode();
+        // Never write a header readers would reject (a model whose `max_block_tokens` exceeds
+        // the block size, a name too long, …): the same decoder the readers use checks it.
+        Header::decode(&h)
+            .map_err(|e| Error::usage(format!("the archive's header would be invalid: {e}")))?;
         out.write_all(&h).map_err(write_err)?;
         Ok(Writer {
             out,
@@ -317,4 +321,29 @@ fn read_full(r: &mut dyn Read, mut buf: &mut [u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::order1::Order1;
+
+    /// A model whose pin does not fit the block size would make a header every reader
+    /// rejects: the writer refuses before writing a byte.
+    #[test]
+    fn refuses_a_header_readers_would_reject() {
+        let m = Order1::new(1 << 20);
+        let opts = WriterOptions {
+            block_size: 4096,
+            ..WriterOptions::default()
+        };
+        let mut out = Vec::new();
+        let e = Writer::new(&mut out, Some(&m as &dyn Model), opts)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("header would be invalid"), "{e}");
+        assert!(out.is_empty());
+        let ok = Order1::new(4096);
+        assert!(Writer::new(Vec::new(), Some(&ok as &dyn Model), opts).is_ok());
+    }
 }

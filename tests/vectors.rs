@@ -1812,30 +1812,35 @@ fn valid_vectors() -> Vec<ValidOut> {
             manifest,
         });
     }
-    let (bytes, inputs) = order1_edge();
-    let manifest = manifest_from_inputs(&bytes, &inputs).to_json();
-    out.push(ValidOut {
-        name: "order1-edge",
-        about: "Order-1 model, assembled record by record: block 0 is one model-coded token whose payload is empty (coded_len 0: the range coder's output was all trailing zeros), block 1 a second model block; one file per block; a zero-length file after the last block; uid/gid 0 and 65534; an mtime past 2^32 s.",
-        bytes,
-        manifest,
-    });
-    let (bytes, inputs) = portable_tiny();
-    let manifest = manifest_from_inputs(&bytes, &inputs).to_json();
-    out.push(ValidOut {
-        name: "portable-tiny",
-        about: "Model kind 3, lmz transformer v1 (FORMAT.md §20), with the tiny committed model `model/tiny-llama.gguf` (random weights of every type: Q4_0, Q4_1, Q8_0, F16, F32), assembled record by record: block 0 holds English prose, a few lines of code with the user-defined token `<tiny>` and the start of `bytes.bin` (bytes that are not UTF-8: byte tokens), block 1 the rest of it and the start of more prose (whose entry record lies between blocks 0 and 1), whose rest is block 2. Coded in one lockstep batch of width 2. A decoder that computes any logit differently from §20 decodes other bytes.",
-        bytes,
-        manifest,
-    });
-    let (bytes, inputs) = order1_halving();
-    let manifest = manifest_from_inputs(&bytes, &inputs).to_json();
-    out.push(ValidOut {
-        name: "order1-halving",
-        about: "Order-1 model, assembled record by record: two model-coded blocks (block_size 8192) whose counts pass 65,000, so the model halves a context's row (FORMAT.md §12.5). Block 0 (`alternating.txt`, `ab` × 2100): rows `a` and `b` are halved once each, when `t_4063` and `t_4064` are fed. Block 1 (`run.txt`, `ac`, 7,120 × `a`, `c`): row `a` is halved six times (the first when `t_2034` is fed, then every 1,016 `a → a`), so its `a → c` count goes 32, 16, 8, 4, 2, 1, 0 (1 div 2 = 0: floor) and the last `c` is coded with weight 1. A decoder that halves at another threshold, only the incremented count, or rounds up decodes other bytes.",
-        bytes,
-        manifest,
-    });
+    // Vectors assembled record by record: the generator returns the bytes and the inputs.
+    type Assemble = fn() -> (Vec<u8>, Vec<Input>);
+    let assembled: [(&str, &str, Assemble); 3] = [
+        (
+            "order1-edge",
+            "Order-1 model, assembled record by record: block 0 is one model-coded token whose payload is empty (coded_len 0: the range coder's output was all trailing zeros), block 1 a second model block; one file per block; a zero-length file after the last block; uid/gid 0 and 65534; an mtime past 2^32 s.",
+            order1_edge,
+        ),
+        (
+            "portable-tiny",
+            "Model kind 3, lmz transformer v1 (FORMAT.md §20), with the tiny committed model `model/tiny-llama.gguf` (random weights of every type: Q4_0, Q4_1, Q8_0, F16, F32), assembled record by record: block 0 holds English prose, a few lines of code with the user-defined token `<tiny>` and the start of `bytes.bin` (bytes that are not UTF-8: byte tokens), block 1 the rest of it and the start of more prose (whose entry record lies between blocks 0 and 1), whose rest is block 2. Coded in one lockstep batch of width 2. A decoder that computes any logit differently from §20 decodes other bytes.",
+            portable_tiny,
+        ),
+        (
+            "order1-halving",
+            "Order-1 model, assembled record by record: two model-coded blocks (block_size 8192) whose counts pass 65,000, so the model halves a context's row (FORMAT.md §12.5). Block 0 (`alternating.txt`, `ab` × 2100): rows `a` and `b` are halved once each, when `t_4063` and `t_4064` are fed. Block 1 (`run.txt`, `ac`, 7,120 × `a`, `c`): row `a` is halved six times (the first when `t_2034` is fed, then every 1,016 `a → a`), so its `a → c` count goes 32, 16, 8, 4, 2, 1, 0 (1 div 2 = 0: floor) and the last `c` is coded with weight 1. A decoder that halves at another threshold, only the incremented count, or rounds up decodes other bytes.",
+            order1_halving,
+        ),
+    ];
+    for (name, about, make) in assembled {
+        let (bytes, inputs) = make();
+        let manifest = manifest_from_inputs(&bytes, &inputs).to_json();
+        out.push(ValidOut {
+            name,
+            about,
+            bytes,
+            manifest,
+        });
+    }
     out
 }
 

@@ -82,11 +82,12 @@ pub fn load_for_pack(
 /// the portable engine cannot run (its architecture or weight types) falls back; any other
 /// failure (a missing or damaged file, a bad `LMZ_KERNELS`) is reported as it is.
 fn load_auto(m: &ModelArgs, max_tokens: u32) -> lmz::Result<Box<dyn Model>> {
-    use lmz::model::portable::{PortableLm, Support};
+    use lmz::model::portable::PortableLm;
     let file = lmz::model::fetch::resolve(m.model.as_deref(), lmz::model::fetch::Want::Default)?;
-    match PortableLm::supports(&file)? {
-        Support::Yes => open_portable(&file, m, max_tokens),
-        Support::No(why) if cfg!(feature = "llama") => {
+    log::debug!("model: {}", file.describe());
+    match PortableLm::load_if_supported(&file, max_tokens, portable_options(m))? {
+        Ok(model) => Ok(Box::new(model)),
+        Err(why) if cfg!(feature = "llama") => {
             log::info!(
                 "{}: {why}; packing with the llama engine (model kind 2: the archive decodes \
                  only on machines of this one's class)",
@@ -94,7 +95,7 @@ fn load_auto(m: &ModelArgs, max_tokens: u32) -> lmz::Result<Box<dyn Model>> {
             );
             open_llama(&file, m, max_tokens)
         }
-        Support::No(why) => Err(lmz::Error::ModelUnavailable {
+        Err(why) => Err(lmz::Error::ModelUnavailable {
             detail: format!(
                 "{}: {why}, and this lmz was built without the llama engine",
                 file.path.display()
@@ -172,14 +173,19 @@ fn open_portable(
     m: &ModelArgs,
     max_tokens: u32,
 ) -> lmz::Result<Box<dyn Model>> {
-    use lmz::model::portable::{PortableLm, PortableOptions};
     log::debug!("model: {}", file.describe());
-    let opts = PortableOptions {
+    let opts = portable_options(m);
+    Ok(Box::new(lmz::model::portable::PortableLm::load(
+        file, max_tokens, opts,
+    )?))
+}
+
+fn portable_options(m: &ModelArgs) -> lmz::model::portable::PortableOptions {
+    lmz::model::portable::PortableOptions {
         threads: m.threads.unwrap_or(0),
         table_threads: m.table_threads,
         kernels: None,
-    };
-    Ok(Box::new(PortableLm::load(file, max_tokens, opts)?))
+    }
 }
 
 #[cfg(feature = "llama")]

@@ -104,60 +104,70 @@ pub fn cpu_features() -> String {
     f.join(" ")
 }
 
+/// Whether kind 3 covers a parsed model: architecture, tokenizer, RoPE and weight types
+/// (FORMAT.md §20.2). The one place these are decided, for [`PortableLm::supports`] and
+/// [`PortableLm::load`] alike.
+fn support(g: &Gguf) -> Result<Support> {
+    let arch = g.get_str("general.architecture")?.unwrap_or("");
+    if arch != "llama" {
+        return Ok(Support::No(format!(
+            "architecture {arch:?} (the portable engine runs \"llama\")"
+        )));
+    }
+    let tok = g.get_str("tokenizer.ggml.model")?.unwrap_or("");
+    if tok != "gpt2" {
+        return Ok(Support::No(format!(
+            "tokenizer {tok:?} (the portable engine runs byte-level BPE, \"gpt2\")"
+        )));
+    }
+    if let Some(t) = g.get_str("llama.rope.scaling.type")? {
+        if t != "none" {
+            return Ok(Support::No(format!("RoPE scaling {t:?}")));
+        }
+    }
+    if let Some(t) = g
+        .tensors
+        .iter()
+        .find(|t| !KIND3_TYPES.contains(&t.ggml_type))
+    {
+        return Ok(Support::No(format!(
+            "tensor {} is {} (the portable engine runs F32, F16, Q4_0, Q4_1 and Q8_0)",
+            t.name,
+            crate::model::gguf::type_name(t.ggml_type)
+        )));
+    }
+    Ok(Support::Yes)
+}
+
 impl PortableLm {
-    /// Loads a verified GGUF model file (its hash already computed: the pin names it).
-    /// Whether kind 3 covers this model's architecture, tokenizer, RoPE and weight types, so
-    /// that `--engine auto` can choose without loading it. A file that is not a readable GGUF
-    /// is an error, not a "no"; a model this says yes to may still be refused by
+    /// Whether kind 3 covers this model, without loading it. A file that is not a readable
+    /// GGUF is an error, not a "no"; a model this says yes to may still be refused by
     /// [`PortableLm::load`] for inconsistent shapes, which no engine would run.
     pub fn supports(file: &ModelFile) -> Result<Support> {
-        let g = Gguf::open(&file.path)?;
-        let arch = g.get_str("general.architecture")?.unwrap_or("");
-        if arch != "llama" {
-            return Ok(Support::No(format!(
-                "architecture {arch:?} (the portable engine runs \"llama\")"
-            )));
-        }
-        let tok = g.get_str("tokenizer.ggml.model")?.unwrap_or("");
-        if tok != "gpt2" {
-            return Ok(Support::No(format!(
-                "tokenizer {tok:?} (the portable engine runs byte-level BPE, \"gpt2\")"
-            )));
-        }
-        if let Some(t) = g.get_str("llama.rope.scaling.type")? {
-            if t != "none" {
-                return Ok(Support::No(format!("RoPE scaling {t:?}")));
-            }
-        }
-        if let Some(t) = g
-            .tensors
-            .iter()
-            .find(|t| !KIND3_TYPES.contains(&t.ggml_type))
-        {
-            return Ok(Support::No(format!(
-                "tensor {} is {} (the portable engine runs F32, F16, Q4_0, Q4_1 and Q8_0)",
-                t.name,
-                crate::model::gguf::type_name(t.ggml_type)
-            )));
-        }
-        Ok(Support::Yes)
+        support(&Gguf::open(&file.path)?)
     }
 
+    /// Loads a verified GGUF model file (its hash already computed: the pin names it). A
+    /// model kind 3 does not cover is [`Error::ModelUnavailable`], saying why.
     pub fn load(file: &ModelFile, max_block_tokens: u32, opts: PortableOptions) -> Result<Self> {
+        Self::load_if_supported(file, max_block_tokens, opts)?
+            .map_err(|why| bad(file, format!("{why}; use --engine llama for such models")))
+    }
+
+    /// [`PortableLm::load`], except that a model kind 3 does not cover gives `Ok(Err(why))`:
+    /// `--engine auto` then falls back to llama.cpp, having opened the file once.
+    pub fn load_if_supported(
+        file: &ModelFile,
+        max_block_tokens: u32,
+        opts: PortableOptions,
+    ) -> Result<std::result::Result<Self, String>> {
         let kernels = match opts.kernels {
             Some(k) => k,
             None => KernelSet::from_env()?,
         };
         let g = Gguf::open(&file.path)?;
-        let arch = g.get_str("general.architecture")?.unwrap_or("");
-        if arch != "llama" {
-            return Err(bad(
-                file,
-                format!(
-                    "architecture {arch:?}: the portable engine runs Llama-architecture models \
-                     (use --engine llama for others)"
-                ),
-            ));
+        if let Support::No(why) = support(&g)? {
+            return Ok(Err(why));
         }
         let w = load_weights(&g, file)?;
         let bpe = Bpe::from_gguf(&g)?;
@@ -223,7 +233,7 @@ impl PortableLm {
             kernels.name(),
             w.heap_bytes() as f64 / 1e6
         );
-        Ok(PortableLm {
+        Ok(Ok(PortableLm {
             w,
             pin,
             name: file.name.clone(),
@@ -235,7 +245,7 @@ impl PortableLm {
             kernels,
             table_threads,
             pool,
-        })
+        }))
     }
 
     pub fn kernels(&self) -> KernelSet {
@@ -354,11 +364,6 @@ fn load_weights(g: &Gguf, file: &ModelFile) -> Result<Weights> {
                 file,
                 format!("partial RoPE ({r} of {head_dim} dimensions) is not supported"),
             ));
-        }
-    }
-    if let Some(t) = g.get_str("llama.rope.scaling.type")? {
-        if t != "none" {
-            return Err(bad(file, format!("RoPE scaling {t:?} is not supported")));
         }
     }
     if n_layer > 4096 || n_embd > 1 << 16 || n_ff > 1 << 18 {

@@ -25,7 +25,7 @@ mod zstd_block;
 
 use crate::coder::{ideal_bits, Decoder, Encoder};
 use crate::error::{Error, Machine, Result};
-use crate::format::{BlockHeader, Codec, Header, ModelKind, FREQ_BITS};
+use crate::format::{BlockHeader, Codec, Header, ModelKind, Primer, FREQ_BITS};
 use crate::model::{EvalProfile, Evaluator, Model, Token};
 
 const BITS: u32 = FREQ_BITS as u32;
@@ -184,6 +184,28 @@ pub struct Lockstep<'m> {
     narrowed: bool,
     /// The machine the archive being decoded was written on, for divergence errors.
     writer: Machine,
+    /// The archive primer every block starts after (context policy 2, FORMAT.md §12.8).
+    primer: Option<PrimerState>,
+}
+
+/// An archive primer as a [`Lockstep`] holds it: as the header codes it, and once decoded
+/// (lazily, before the first block: archives whose blocks are never read never pay for it).
+struct PrimerState {
+    coded: Option<(Primer, u64)>,
+    tokens: Option<Vec<Token>>,
+    /// Whether the current evaluator's slots start after it.
+    installed: bool,
+}
+
+impl PrimerState {
+    /// The evaluator's prefix: `bos` and every primer token but the last, which is each
+    /// block's first input instead of `bos` (§12.8).
+    fn prefix(&self, bos: Token) -> Vec<Token> {
+        let t = self.tokens.as_deref().unwrap_or(&[]);
+        std::iter::once(bos)
+            .chain(t[..t.len().saturating_sub(1)].iter().copied())
+            .collect()
+    }
 }
 
 impl<'m> Lockstep<'m> {
@@ -198,12 +220,53 @@ impl<'m> Lockstep<'m> {
             profile: Profile::default(),
             narrowed: false,
             writer: Machine::default(),
+            primer: None,
         }
+    }
+
+    /// Blocks coded from now on start after `tokens`, the archive primer (a writer, which
+    /// chose them; `None` or empty: context policy 1).
+    pub fn set_primer_tokens(&mut self, tokens: Option<Vec<Token>>) {
+        self.primer = tokens.filter(|t| !t.is_empty()).map(|t| PrimerState {
+            coded: None,
+            tokens: Some(t),
+            installed: false,
+        });
+        if let Some(e) = self.eval.as_deref_mut() {
+            // A failure here leaves the evaluator out of step: drop it.
+            if e.set_prefix(&[]).is_err() {
+                self.drop_eval();
+            }
+        }
+    }
+
+    /// The primer's tokens, once known (given, or decoded by a block decode).
+    pub fn primer_tokens(&self) -> Option<&[Token]> {
+        self.primer.as_ref().and_then(|p| p.tokens.as_deref())
     }
 
     /// Records that the blocks decoded next belong to the archive whose header is `h`: a
     /// block that diverges names the machine it says it was written on.
     pub fn set_writer(&mut self, h: &Header) {
+        let same = match (&self.primer, &h.primer) {
+            (None, None) => true,
+            (
+                Some(PrimerState {
+                    coded: Some((p, _)),
+                    ..
+                }),
+                Some(q),
+            ) => p == q,
+            _ => false,
+        };
+        if !same {
+            self.set_primer_tokens(None);
+            self.primer = h.primer.clone().map(|p| PrimerState {
+                coded: Some((p, h.primer_offset() as u64)),
+                tokens: None,
+                installed: false,
+            });
+        }
         if self.writer.backend != h.backend
             || self.writer.engine_version != h.engine_version
             || self.writer.cpu_features != h.cpu_features
@@ -248,6 +311,9 @@ impl<'m> Lockstep<'m> {
         let model = self
             .model
             .ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
+        self.decode_primer(model)?;
+        // The primer's inputs take room in every sequence.
+        let tokens = tokens + self.primer.as_ref().map_or(0, |p| p.prefix(0).len());
         let mut need = self.width.min(jobs).max(1);
         if need > 1 && !model.lockstep_exact(self.width) {
             // A model whose kernels are not batch-invariant: one block at a time, so the
@@ -281,8 +347,80 @@ impl<'m> Lockstep<'m> {
             });
             self.drop_eval();
             self.eval = Some(model.evaluator(w, t, c)?);
+            if let Some(p) = self.primer.as_mut() {
+                p.installed = false;
+            }
+        }
+        if let Some(p) = self.primer.as_mut().filter(|p| !p.installed) {
+            let eval = self.eval.as_deref_mut().expect("prepared");
+            eval.set_prefix(&p.prefix(model.pin().bos))?;
+            p.installed = true;
         }
         Ok((model, chunk))
+    }
+
+    /// The first input of every block: `bos`, or the primer's last token (§12.8).
+    fn first_input(&self, model: &dyn Model) -> Token {
+        self.primer_tokens()
+            .and_then(|t| t.last().copied())
+            .unwrap_or(model.pin().bos)
+    }
+
+    /// Decodes the header's primer, if it has one not yet decoded: a model-coded stream of
+    /// its `tokens` tokens from an empty context (§12.8), on this context's evaluator.
+    fn decode_primer(&mut self, model: &'m dyn Model) -> Result<()> {
+        let Some(PrimerState {
+            coded: Some((p, offset)),
+            tokens: None,
+            ..
+        }) = &self.primer
+        else {
+            return Ok(());
+        };
+        let (p, offset) = (p.clone(), *offset);
+        let n = p.tokens as usize;
+        let bad = |what: &str| Error::corrupt(offset, format!("the archive primer {what}"));
+        let mut job = DecodeJob {
+            model,
+            dec: Decoder::new(&p.coded),
+            tokens: Vec::with_capacity(n),
+            n,
+            plain: Vec::new(),
+            limit: usize::MAX,
+        };
+        // Decoded like a block, from an empty context: no primer before the primer.
+        let state = self.primer.take();
+        let r = (|| {
+            let (model, _) = self.prepare(1, n, false)?;
+            let eval = self.eval.as_deref_mut().expect("prepared");
+            eval.set_prefix(&[])?;
+            run_decode(
+                model.pin().bos,
+                eval,
+                std::slice::from_mut(&mut job),
+                &mut self.profile.coder,
+            )
+        })();
+        self.primer = state;
+        let failed = match r {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop_eval();
+                return Err(e);
+            }
+        };
+        match failed[0] {
+            Some(Mismatch::Stream) => return Err(bad("is an invalid model-coded stream")),
+            Some(_) => return Err(bad("could not be decoded")),
+            None if job.dec.consumed() < p.coded.len() => {
+                return Err(bad("has bytes after the end of its coded tokens"))
+            }
+            None => {}
+        }
+        let st = self.primer.as_mut().expect("primer state kept");
+        st.tokens = Some(job.tokens);
+        st.installed = false;
+        Ok(())
     }
 
     /// Range-codes each job's tokens, `width` blocks at a time. Each step feeds every active
@@ -291,8 +429,9 @@ impl<'m> Lockstep<'m> {
     fn encode(&mut self, jobs: &mut [EncodeJob<'_>]) -> Result<()> {
         let tokens = jobs.iter().map(|j| j.tokens.len()).max().unwrap_or(0);
         let (model, chunk) = self.prepare(jobs.len(), tokens, true)?;
+        let first = self.first_input(model);
         let eval = self.eval.as_deref_mut().expect("prepared");
-        let r = run_encode(model.pin().bos, eval, jobs, chunk, &mut self.profile.coder);
+        let r = run_encode(first, eval, jobs, chunk, &mut self.profile.coder);
         if r.is_err() {
             // The evaluator's state is unknown after a failed step.
             self.drop_eval();
@@ -306,8 +445,9 @@ impl<'m> Lockstep<'m> {
     fn decode(&mut self, jobs: &mut [DecodeJob<'_, '_>]) -> Result<Vec<Option<Mismatch>>> {
         let tokens = jobs.iter().map(|j| j.n).max().unwrap_or(0);
         let (model, _) = self.prepare(jobs.len(), tokens, false)?;
+        let first = self.first_input(model);
         let eval = self.eval.as_deref_mut().expect("prepared");
-        let r = run_decode(model.pin().bos, eval, jobs, &mut self.profile.coder);
+        let r = run_decode(first, eval, jobs, &mut self.profile.coder);
         if r.is_err() {
             self.drop_eval();
         }
@@ -319,7 +459,7 @@ impl<'m> Lockstep<'m> {
 /// slot's tokens in order), only with several tokens per slot per step, which the model's
 /// probe has shown to give the same distributions; blocks decode in any grouping.
 fn run_encode(
-    bos: Token,
+    first: Token,
     eval: &mut dyn Evaluator,
     jobs: &mut [EncodeJob<'_>],
     chunk: usize,
@@ -351,9 +491,10 @@ fn run_encode(
             if let Some((j, k)) = *lane {
                 let toks = jobs[j].tokens;
                 let n = chunk.min(toks.len() - k);
-                // Token k is coded after input k: the BOS, then the block's tokens.
+                // Token k is coded after input k: the first input (BOS, or the primer's last token),
+                // then the block's tokens.
                 inputs[slot].clear();
-                inputs[slot].extend((k..k + n).map(|k| if k == 0 { bos } else { toks[k - 1] }));
+                inputs[slot].extend((k..k + n).map(|k| if k == 0 { first } else { toks[k - 1] }));
                 symbols.extend_from_slice(&toks[k..k + n]);
                 who.push(slot);
             }
@@ -381,7 +522,7 @@ fn run_encode(
 /// [`Lockstep::decode`]'s schedule: the encoder's, one token per slot per step. Each step
 /// finds every slot's token from the point its range decoder is at, without whole tables.
 fn run_decode(
-    bos: Token,
+    first: Token,
     eval: &mut dyn Evaluator,
     jobs: &mut [DecodeJob<'_, '_>],
     coder: &mut std::time::Duration,
@@ -420,7 +561,7 @@ fn run_decode(
                         continue;
                     }
                 }
-                let tok = if k == 0 { bos } else { jobs[j].tokens[k - 1] };
+                let tok = if k == 0 { first } else { jobs[j].tokens[k - 1] };
                 feed.push((slot, tok));
                 who.push(slot);
             }
@@ -721,6 +862,72 @@ mod tests {
         }
     }
 
+    /// Blocks coded after an archive primer (§12.8) decode after the primer decoded from a
+    /// header, at any width, and give other bytes without it; the primer changes the coding
+    /// at all, and coding with one is the same at every width.
+    #[test]
+    fn primed_blocks_round_trip_and_need_their_primer() {
+        let m = Order1::default();
+        let texts: Vec<Vec<u8>> = (0..5).map(|i| markov_text(10 + i, 400)).collect();
+        let plains: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
+        let primer: Vec<Token> = markov_text(99, 300).iter().map(|&b| b as Token).collect();
+        let code = |width: usize, primer: Option<Vec<Token>>| {
+            let mut ls = Lockstep::new(Some(&m), width);
+            ls.set_primer_tokens(primer);
+            encode_with(&mut ls, &plains, 19).unwrap().0
+        };
+        let primed = code(3, Some(primer.clone()));
+        assert!(primed.iter().all(|c| c.header.codec == Codec::Model));
+        for w in [1, 2] {
+            let again = code(w, Some(primer.clone()));
+            assert!(again
+                .iter()
+                .zip(&primed)
+                .all(|(a, b)| a.payload == b.payload));
+        }
+        let fresh = code(3, None);
+        assert!(fresh
+            .iter()
+            .zip(&primed)
+            .any(|(a, b)| a.payload != b.payload));
+
+        // The header carries the primer coded from an empty context.
+        let mut ls = Lockstep::new(Some(&m), 1);
+        let (coded_primer, _) = encode_model(&mut ls, vec![&primer]).unwrap().pop().unwrap();
+        let mut header = m.header(1024);
+        header.pin.context_policy = crate::format::POLICY_PRIMER;
+        header.primer = Some(Primer {
+            tokens: primer.len() as u16,
+            coded: coded_primer,
+        });
+        let refs: Vec<BlockRefData> = primed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.as_block(i as u64))
+            .collect();
+        for w in [1, 4] {
+            let mut ls = Lockstep::new(Some(&m), w);
+            ls.set_writer(&header);
+            let out = decode_with(&mut ls, &refs).unwrap();
+            for (r, t) in out.into_iter().zip(&texts) {
+                assert_eq!(&r.unwrap(), t);
+            }
+            assert_eq!(ls.primer_tokens(), Some(&primer[..]));
+        }
+        // Without the primer the blocks are other streams: never the bytes.
+        for r in decode_all(&m, &primed, 2) {
+            assert!(r.is_err());
+        }
+        // A damaged primer stream is reported as the primer's, not as the blocks'.
+        let mut bad = header.clone();
+        let p = bad.primer.as_mut().unwrap();
+        p.coded.push(0x5A);
+        let mut ls = Lockstep::new(Some(&m), 2);
+        ls.set_writer(&bad);
+        let e = decode_with(&mut ls, &refs).unwrap_err();
+        assert!(e.to_string().contains("archive primer"), "{e}");
+    }
+
     /// Text with strong order-1 structure and no long repeats: the order-1 model beats zstd.
     pub(crate) fn markov_text(seed: u64, n: usize) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -793,6 +1000,7 @@ mod tests {
                 backend: format!("{} backend", self.machine),
                 engine_version: format!("{} engine", self.machine),
                 cpu_features: format!("{} cpu", self.machine),
+                primer: None,
                 ..self.inner.header(block_size)
             }
         }

@@ -32,6 +32,13 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_LINK_LEN: usize = 4096;
 /// The only frequency precision of version 1: every coding distribution totals 2^24.
 pub const FREQ_BITS: u8 = 24;
+/// Context policy 1: every block starts from an empty context.
+pub const POLICY_FRESH: u8 = 1;
+/// Context policy 2: every block starts from the archive primer's context (FORMAT.md §12.8).
+pub const POLICY_PRIMER: u8 = 2;
+/// Most tokens an archive primer may hold: it is decoded one model step per token before
+/// the first block of a process, so it bounds what a random read pays up front.
+pub const MAX_PRIMER_TOKENS: u16 = 1024;
 
 fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
@@ -100,7 +107,9 @@ pub struct ModelPin {
     pub vocab_size: u32,
     pub freq_bits: u8,
     pub tokenizer: Tokenizer,
-    /// Context policy 1: every block starts a fresh context whose first input is `bos`.
+    /// Context policy 1: every block starts a fresh context whose first input is `bos`;
+    /// 2: from the context of the archive primer ([`Primer`]). A property of the archive,
+    /// not of the model: the pin check leaves it to the header's own rules.
     pub context_policy: u8,
     pub bos: u32,
     /// Most tokens a model-coded block may hold (bounds the context and the decoder's work).
@@ -123,6 +132,7 @@ impl ModelPin {
     pub fn matches(&self, other: &ModelPin) -> bool {
         ModelPin {
             max_block_tokens: other.max_block_tokens,
+            context_policy: other.context_policy,
             ..*self
         } == *other
     }
@@ -167,6 +177,30 @@ pub struct Header {
     pub backend: String,
     pub engine_version: String,
     pub cpu_features: String,
+    /// The archive primer: present exactly when `pin.context_policy` is 2.
+    pub primer: Option<Primer>,
+}
+
+/// How much of a header string is written: strings are diagnostics, so they are cut rather
+/// than fail, at most 255 bytes, at a char boundary.
+fn cut_len(s: &str) -> usize {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// The archive primer (context policy 2, FORMAT.md §12.8): a token sequence every
+/// model-coded block is evaluated after, so that no block starts from an empty context. It
+/// is range-coded under the model like a block (from an empty context, `bos` first), so it
+/// costs the archive what its text would cost in a block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Primer {
+    /// Number of tokens, 1 ..= [`MAX_PRIMER_TOKENS`].
+    pub tokens: u16,
+    /// The range-coded tokens.
+    pub coded: Vec<u8>,
 }
 
 impl Header {
@@ -197,21 +231,38 @@ impl Header {
             &self.engine_version,
             &self.cpu_features,
         ] {
-            // Strings are diagnostics: cut them rather than fail (at a char boundary).
-            let mut end = s.len().min(255);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
+            let end = cut_len(s);
             let mut len = [0u8; 2];
             LE::write_u16(&mut len, end as u16);
             out.extend_from_slice(&len);
             out.extend_from_slice(&s.as_bytes()[..end]);
+        }
+        if let Some(p) = &self.primer {
+            let mut f = [0u8; 4];
+            LE::write_u16(&mut f[..], p.tokens);
+            LE::write_u16(&mut f[2..], p.coded.len().min(u16::MAX as usize) as u16);
+            out.extend_from_slice(&f);
+            out.extend_from_slice(&p.coded);
         }
         let total = out.len() + 4;
         LE::write_u32(&mut out[12..], total as u32);
         let c = crc(&out);
         out.extend_from_slice(&c.to_le_bytes());
         out
+    }
+
+    /// Offset of the primer's coded tokens in the encoded header (meaningful with a primer).
+    pub fn primer_offset(&self) -> usize {
+        let strings: usize = [
+            &self.model_name,
+            &self.backend,
+            &self.engine_version,
+            &self.cpu_features,
+        ]
+        .iter()
+        .map(|s| 2 + cut_len(s))
+        .sum();
+        HEADER_FIXED_LEN + strings + 4
     }
 
     /// Length of the header that starts `bytes`, from its fixed part (needs 16 bytes), so a
@@ -325,6 +376,28 @@ impl Header {
             strings.push(s.to_owned());
             pos += n;
         }
+        let primer = if pin.context_policy == POLICY_PRIMER {
+            if pos + 4 > len - 4 {
+                return Err(Error::corrupt(pos as u64, "primer overruns the header"));
+            }
+            let tokens = LE::read_u16(&b[pos..]);
+            let coded_len = LE::read_u16(&b[pos + 2..]) as usize;
+            if tokens == 0 || tokens > MAX_PRIMER_TOKENS {
+                return Err(Error::corrupt(
+                    pos as u64,
+                    format!("primer of {tokens} tokens (1 ..= {MAX_PRIMER_TOKENS})"),
+                ));
+            }
+            pos += 4;
+            if pos + coded_len > len - 4 {
+                return Err(Error::corrupt(pos as u64, "primer overruns the header"));
+            }
+            let coded = b[pos..pos + coded_len].to_vec();
+            pos += coded_len;
+            Some(Primer { tokens, coded })
+        } else {
+            None
+        };
         if pos != len - 4 {
             return Err(Error::corrupt(
                 pos as u64,
@@ -340,6 +413,7 @@ impl Header {
             backend: next(),
             engine_version: next(),
             cpu_features: next(),
+            primer,
         };
         Ok((header, len))
     }
@@ -369,7 +443,11 @@ fn validate_pin(p: &ModelPin) -> Result<()> {
             if p.max_block_tokens == 0 || p.max_block_tokens > MAX_BLOCK_SIZE {
                 return bad(32, "max_block_tokens out of range");
             }
-            if p.context_policy != 1 || p.schedule != 1 {
+            // The primer needs a model whose state can be copied into every sequence: the
+            // order-1 model and kind 3; llama.cpp archives (kind 2) keep policy 1.
+            let policy_ok = p.context_policy == POLICY_FRESH
+                || (p.context_policy == POLICY_PRIMER && p.kind != ModelKind::Llama);
+            if !policy_ok || p.schedule != 1 {
                 return Err(Error::Unsupported {
                     offset: 23,
                     detail: "context policy or evaluation schedule unknown".into(),
@@ -897,23 +975,25 @@ mod tests {
             backend: "cpu".into(),
             engine_version: "x".into(),
             cpu_features: "avx2".into(),
+            primer: None,
         }
     }
 
-    /// The pin check compares every field but `max_block_tokens` (FORMAT.md §5).
+    /// The pin check compares every field but `max_block_tokens` and `context_policy`
+    /// (FORMAT.md §5).
     #[test]
-    fn pin_matches_ignores_only_max_block_tokens() {
+    fn pin_matches_ignores_only_max_block_tokens_and_context_policy() {
         let p = header().pin;
         let mut q = p.clone();
         q.max_block_tokens = 17;
+        q.context_policy = POLICY_PRIMER;
         assert!(p.matches(&q) && q.matches(&p));
-        let changes: [fn(&mut ModelPin); 11] = [
+        let changes: [fn(&mut ModelPin); 10] = [
             |q| q.sha256[31] ^= 1,
             |q| q.size += 1,
             |q| q.vocab_size += 1,
             |q| q.freq_bits += 1,
             |q| q.tokenizer = Tokenizer::LlamaPieces,
-            |q| q.context_policy += 1,
             |q| q.bos += 1,
             |q| q.schedule += 1,
             |q| q.flash_attn += 1,
@@ -943,6 +1023,36 @@ mod tests {
         for n in 0..b.len() {
             assert!(Header::decode(&b[..n]).is_err());
         }
+    }
+
+    /// A header with a primer (context policy 2) round-trips; the primer's fields are
+    /// checked (the invalid vectors `primer-*` cover each rule through both readers).
+    #[test]
+    fn primer_header_round_trip() {
+        let mut h = header();
+        h.pin.context_policy = POLICY_PRIMER;
+        h.primer = Some(Primer {
+            tokens: 300,
+            coded: vec![1, 2, 3, 4, 5],
+        });
+        let b = h.encode();
+        assert_eq!(b.len(), h.primer_offset() + 5 + 4);
+        assert_eq!(Header::decode(&b).unwrap(), (h.clone(), b.len()));
+        // A primer under kind 2 is not defined.
+        let mut k2 = h.clone();
+        k2.pin.kind = ModelKind::Llama;
+        k2.pin.tokenizer = Tokenizer::LlamaPieces;
+        assert!(matches!(
+            Header::decode(&k2.encode()),
+            Err(Error::Unsupported { .. })
+        ));
+        // Policy 1 with primer bytes: they are bytes after the strings.
+        let mut p1 = h;
+        p1.pin.context_policy = POLICY_FRESH;
+        assert!(matches!(
+            Header::decode(&p1.encode()),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -14,15 +14,16 @@ use lmz::model::Model;
 /// (path, contents) of every regular file in the reference archive.
 type Files = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A small archive with several blocks (model-coded, zstd and stored) and entries.
-fn reference() -> (Vec<u8>, Files) {
+/// A small archive with several blocks (model-coded, zstd and stored) and entries; with
+/// `primer`, under context policy 2 (the first 200 bytes of its text as the archive primer,
+/// FORMAT.md §12.8), so flips in the primer's bytes are swept too.
+fn reference(primer: bool) -> (Vec<u8>, Files) {
     let m = Order1::new(512);
     let opts = WriterOptions {
         block_size: 512,
         width: 2,
         zstd_level: 3,
     };
-    let mut w = Writer::new(Vec::new(), Some(&m as &dyn Model), opts).unwrap();
     let meta = Meta {
         mode: 0o644,
         ..Meta::default()
@@ -33,6 +34,14 @@ fn reference() -> (Vec<u8>, Files) {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         text.push(b"etaoin shrdlu "[(x >> 16) as usize % 14]);
     }
+    let tokens: Vec<u32> = text[..200].iter().map(|&b| b as u32).collect();
+    let mut w = Writer::with_primer(
+        Vec::new(),
+        Some(&m as &dyn Model),
+        opts,
+        primer.then_some(&tokens[..]),
+    )
+    .unwrap();
     let noise: Vec<u8> = (0..300u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -128,7 +137,24 @@ fn tally(c: &mut Counts, r: Result<bool, lmz::Error>, t: Duration, what: &str) {
 
 #[test]
 fn every_flip_and_truncation_is_rejected_or_exact() {
-    let (orig, files) = reference();
+    sweep(false);
+}
+
+#[test]
+fn every_flip_and_truncation_of_a_primed_archive_is_rejected_or_exact() {
+    sweep(true);
+}
+
+fn sweep(primer: bool) {
+    let (orig, files) = reference(primer);
+    assert_eq!(
+        Archive::from_bytes(orig.clone())
+            .unwrap()
+            .header()
+            .primer
+            .is_some(),
+        primer
+    );
     assert!(random_access(&orig, &files).unwrap());
     assert!(stream(&orig, &files).unwrap());
     let mut ra = Counts::default();
@@ -179,7 +205,7 @@ fn every_flip_and_truncation_is_rejected_or_exact() {
     assert!(random_access(&b, &files).is_err());
     assert!(stream(&b, &files).is_err());
     println!(
-        "corruption sweep over {} bytes: random access {:?}; stream {:?}; panics = 0",
+        "corruption sweep over {} bytes (primer: {primer}): random access {:?}; stream {:?}; panics = 0",
         orig.len(),
         ra,
         st

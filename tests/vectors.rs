@@ -135,6 +135,8 @@ struct WriterVector {
     block_size: u32,
     width: usize,
     inputs: Vec<Input>,
+    /// The archive primer's tokens (context policy 2), if any.
+    primer: Option<Vec<u32>>,
 }
 
 /// `basic`: no model; a directory tree with every entry kind, zstd and stored blocks, small
@@ -145,6 +147,7 @@ fn basic() -> WriterVector {
         engine: Engine::None,
         block_size: 512,
         width: 1,
+        primer: None,
         inputs: vec![
             input("docs", Item::Dir, meta(0o755, 1_700_000_000, 0)),
             input(
@@ -196,6 +199,7 @@ fn order1() -> WriterVector {
         engine: Engine::Order1,
         block_size: 1024,
         width: 2,
+        primer: None,
         inputs: vec![
             input(
                 "a.txt",
@@ -240,8 +244,18 @@ fn empty() -> WriterVector {
         engine: Engine::None,
         block_size: 8192,
         width: 1,
+        primer: None,
         inputs: Vec::new(),
     }
+}
+
+/// `order1-primer`: `order1`'s inputs under context policy 2, with the first 200 bytes of
+/// `a.txt` as the archive primer (FORMAT.md §12.8).
+fn order1_primer() -> WriterVector {
+    let mut v = order1();
+    v.name = "order1-primer";
+    v.primer = Some(markov(1, 200).iter().map(|&b| b as u32).collect());
+    v
 }
 
 fn write_archive(v: &WriterVector) -> Vec<u8> {
@@ -254,7 +268,8 @@ fn write_archive(v: &WriterVector) -> Vec<u8> {
         width: v.width,
         zstd_level: 19,
     };
-    let mut w = Writer::new(Vec::new(), model.as_deref(), opts).expect("writer");
+    let mut w = Writer::with_primer(Vec::new(), model.as_deref(), opts, v.primer.as_deref())
+        .expect("writer");
     for i in &v.inputs {
         let p = i.path.as_bytes();
         match &i.item {
@@ -1048,6 +1063,12 @@ fn header_strings(h: &[u8]) -> Vec<usize> {
     out
 }
 
+/// Offset of `primer_tokens` in a header with a primer: right after the fourth string.
+fn primer_at(h: &[u8]) -> usize {
+    let at = header_strings(h)[3];
+    at + 2 + u16::from_le_bytes([h[at], h[at + 1]]) as usize
+}
+
 fn index_span(b: &[u8]) -> (usize, usize) {
     let n = b.len();
     (get64(b, n - 32) as usize, get64(b, n - 24) as usize)
@@ -1160,6 +1181,7 @@ struct Bases {
     basic: Raw,
     order1: Raw,
     portable: Raw,
+    primer: Raw,
 }
 
 /// Which valid vector an invalid one is derived from.
@@ -1169,6 +1191,8 @@ enum Base {
     Order1,
     /// `portable-tiny`.
     Portable,
+    /// `order1-primer`.
+    Primer,
     Nothing,
 }
 
@@ -1282,9 +1306,37 @@ fn invalid_vectors() -> Vec<Invalid> {
         bad! { "freq-bits-not-24", Order1, "freq_bits = 16",
             Unsupported @ Open, "frequency precision 16", "frequency precision 16",
             |r| r.patch_header(|h| h[21] = 16).assemble() },
-        bad! { "unknown-context-policy", Order1, "context_policy = 2",
+        bad! { "unknown-context-policy", Order1, "context_policy = 3",
             Unsupported @ Open, "context policy or evaluation schedule", "context policy or evaluation schedule",
+            |r| r.patch_header(|h| h[23] = 3).assemble() },
+        bad! { "primer-missing", Order1, "context_policy = 2, but nothing between the header strings and the CRC",
+            Corrupt @ Open, "primer overruns the header", "primer overruns the header",
             |r| r.patch_header(|h| h[23] = 2).assemble() },
+        bad! { "primer-tokens-zero", Primer, "primer_tokens = 0",
+            Corrupt @ Open, "primer of 0 tokens", "primer of 0 tokens",
+            |r| r.patch_header(|h| { let at = primer_at(h); put16(h, at, 0) }).assemble() },
+        bad! { "primer-too-many-tokens", Primer, "primer_tokens = 1025",
+            Corrupt @ Open, "primer of 1025 tokens", "primer of 1025 tokens",
+            |r| r.patch_header(|h| { let at = primer_at(h); put16(h, at, 1025) }).assemble() },
+        bad! { "primer-overrun", Primer, "primer_coded_len is one more than the bytes before the CRC",
+            Corrupt @ Open, "primer overruns the header", "primer overruns the header",
+            |r| r.patch_header(|h| {
+                let at = primer_at(h) + 2;
+                let n = u16::from_le_bytes([h[at], h[at + 1]]);
+                put16(h, at, n + 1);
+            }).assemble() },
+        bad! { "primer-trailing-bytes", Primer,
+            "a byte 0x5A appended to the coded primer (primer_coded_len and header_len count it)",
+            Corrupt @ Decode, "the archive primer has bytes after the end", "the archive primer has bytes after the end",
+            |r| r.patch_header(|h| {
+                let at = primer_at(h) + 2;
+                let n = u16::from_le_bytes([h[at], h[at + 1]]);
+                put16(h, at, n + 1);
+                let end = h.len() - 4;
+                h.insert(end, 0x5A);
+                let len = h.len() as u32;
+                put32(h, 12, len);
+            }).assemble() },
         bad! { "unknown-schedule", Order1, "schedule = 2",
             Unsupported @ Open, "context policy or evaluation schedule", "context policy or evaluation schedule",
             |r| r.patch_header(|h| h[36] = 2).assemble() },
@@ -1800,8 +1852,9 @@ fn valid_vectors() -> Vec<ValidOut> {
         ("basic", "No model. Directories, files, an empty file, a symlink and a hard link; two small files share zstd block 0, a random file is stored block 1, a 700-byte file spans zstd blocks 2–3 (block_size 512). Written with width 1, so block records interleave with entry records."),
         ("order1", "Order-1 model. Model-coded blocks 0–3 (two small files share block 0; `dir/big.txt` spans blocks 1–3, whose tail `dir/c.txt` shares), zstd block 4 (a repeated phrase), stored block 5 (random bytes); a negative mtime. Written with width 2."),
         ("empty", "No model, no entries, no blocks: header, an index with no rows, footer."),
+        ("order1-primer", "`order1`'s entries and blocks under context policy 2 (FORMAT.md §12.8): the header carries a 200-token primer (the first 200 bytes of `a.txt`, coded from an empty context) and every model-coded block starts after it, its first input the primer's last token. A decoder that ignores the primer, or feeds it differently, decodes other bytes."),
     ];
-    for v in [basic(), order1(), empty()] {
+    for v in [basic(), order1(), empty(), order1_primer()] {
         let bytes = write_archive(&v);
         let manifest = manifest_from_inputs(&bytes, &v.inputs).to_json();
         let about = about.iter().find(|a| a.0 == v.name).expect("described").1;
@@ -1849,6 +1902,7 @@ fn bases() -> Bases {
         basic: Raw::parse(&write_archive(&basic())),
         order1: Raw::parse(&write_archive(&order1())),
         portable: Raw::parse(&portable_tiny().0),
+        primer: Raw::parse(&write_archive(&order1_primer())),
     }
 }
 
@@ -1876,6 +1930,7 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             Base::Basic => b.basic.clone(),
             Base::Order1 => b.order1.clone(),
             Base::Portable => b.portable.clone(),
+            Base::Primer => b.primer.clone(),
             Base::Nothing => Raw {
                 header: Vec::new(),
                 recs: Vec::new(),
@@ -1913,6 +1968,7 @@ fn readme(valid: &[ValidOut], invalid: &[Invalid], files: &BTreeMap<String, Vec<
             Base::Basic => "basic",
             Base::Order1 => "order1",
             Base::Portable => "portable-tiny",
+            Base::Primer => "order1-primer",
             Base::Nothing => "—",
         };
         let len = files[&format!("invalid/{}.lmz", v.name)].len();

@@ -1,5 +1,6 @@
 //! Archives: writing ([`writer`]), random access through the tail index ([`reader`]),
-//! sequential reading from a pipe ([`stream`]) and creating entries on disk ([`extract`]).
+//! sequential reading from a pipe ([`stream`]), creating entries on disk ([`extract`]), and
+//! choosing an archive primer by measuring ([`primer`]).
 //!
 //! [`Catalog`] holds the rules every reader applies to the entry list, whichever way it was
 //! read: unique paths, parents declared before children, hard links to earlier files, file
@@ -7,6 +8,7 @@
 //! extractor and the mount trust the entry list.
 
 pub mod extract;
+pub mod primer;
 pub mod reader;
 pub mod stream;
 pub mod writer;

@@ -15,13 +15,13 @@
 
 use std::io::{Read, Write};
 
-use crate::codec::{encode_with, Lockstep, ModelStats};
+use crate::codec::{encode_model, encode_with, Lockstep, ModelStats};
 use crate::error::{Error, Result};
 use crate::format::{
-    check_path, BlockRef, Codec, Entry, EntryKind, Footer, Header, Index, ModelPin,
-    BLOCK_HEADER_LEN, MAX_BLOCK_SIZE, MAX_LINK_LEN,
+    check_path, BlockRef, Codec, Entry, EntryKind, Footer, Header, Index, ModelKind, ModelPin,
+    Primer, BLOCK_HEADER_LEN, MAX_BLOCK_SIZE, MAX_LINK_LEN, MAX_PRIMER_TOKENS, POLICY_PRIMER,
 };
-use crate::model::Model;
+use crate::model::{Model, Token};
 
 use super::Catalog;
 
@@ -92,7 +92,19 @@ fn write_err(e: std::io::Error) -> Error {
 impl<'m, W: Write> Writer<'m, W> {
     /// Starts an archive: writes the header. Without a model only stored and zstd blocks are
     /// used.
-    pub fn new(mut out: W, model: Option<&'m dyn Model>, opts: WriterOptions) -> Result<Self> {
+    pub fn new(out: W, model: Option<&'m dyn Model>, opts: WriterOptions) -> Result<Self> {
+        Self::with_primer(out, model, opts, None)
+    }
+
+    /// [`Self::new`] for an archive whose blocks all start after `primer` (context policy 2,
+    /// FORMAT.md §12.8): 1 ..= 1024 tokens of the model's, coded into the header. Which
+    /// tokens, and whether they pay, is the caller's choice (`lmz pack` measures it).
+    pub fn with_primer(
+        mut out: W,
+        model: Option<&'m dyn Model>,
+        opts: WriterOptions,
+        primer: Option<&[Token]>,
+    ) -> Result<Self> {
         if opts.block_size == 0 || opts.block_size > MAX_BLOCK_SIZE {
             return Err(Error::usage(format!(
                 "block size must be between 1 and {MAX_BLOCK_SIZE} bytes"
@@ -107,8 +119,39 @@ impl<'m, W: Write> Writer<'m, W> {
                 backend: String::new(),
                 engine_version: concat!("lmz ", env!("CARGO_PKG_VERSION")).into(),
                 cpu_features: String::new(),
+                primer: None,
             },
         };
+        let mut header = header;
+        let mut lockstep = Lockstep::new(model, opts.width);
+        if let (Some(m), Some(p)) = (model, primer) {
+            if p.is_empty() || p.len() > MAX_PRIMER_TOKENS as usize {
+                return Err(Error::usage(format!(
+                    "a primer holds 1 to {MAX_PRIMER_TOKENS} tokens, not {}",
+                    p.len()
+                )));
+            }
+            if m.pin().kind == ModelKind::Llama {
+                return Err(Error::usage(
+                    "archives of the llama engine cannot have a primer (use the portable engine)",
+                ));
+            }
+            if let Some(&t) = p.iter().find(|&&t| t >= m.pin().vocab_size) {
+                return Err(Error::usage(format!(
+                    "primer token {t} outside the vocabulary"
+                )));
+            }
+            // The primer is coded like a block, from an empty context (§12.8).
+            let (coded, _) = encode_model(&mut lockstep, vec![p])?
+                .pop()
+                .expect("one sequence");
+            header.pin.context_policy = POLICY_PRIMER;
+            header.primer = Some(Primer {
+                tokens: p.len() as u16,
+                coded,
+            });
+            lockstep.set_primer_tokens(Some(p.to_vec()));
+        }
         let h = header.encode();
         // Never write a header readers would reject (a model whose `max_block_tokens` exceeds
         // the block size, a name too long, …): the same decoder the readers use checks it.
@@ -118,7 +161,7 @@ impl<'m, W: Write> Writer<'m, W> {
         Ok(Writer {
             out,
             pos: h.len() as u64,
-            lockstep: Lockstep::new(model, opts.width),
+            lockstep,
             opts,
             index: Index::default(),
             catalog: Catalog::default(),

@@ -356,6 +356,7 @@ impl Model for LlamaLm {
             backend: self.backend.clone(),
             engine_version: ENGINE_VERSION.into(),
             cpu_features: cpu_features(),
+            primer: None,
         }
     }
 

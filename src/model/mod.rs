@@ -153,8 +153,23 @@ pub trait Evaluator {
     /// Most tokens a sequence may hold, BOS excluded.
     fn capacity(&self) -> usize;
 
-    /// Empties `slot` so that the next token fed to it is the first of a new block.
+    /// Empties `slot` so that the next token fed to it is the first of a new block: the slot
+    /// then holds nothing, or the prefix of [`Self::set_prefix`].
     fn reset(&mut self, slot: usize) -> Result<()>;
+
+    /// From now on, [`Self::reset`] puts a slot in the state of having been fed `inputs`
+    /// (their distributions unread): the archive primer of context policy 2 (FORMAT.md
+    /// §12.8), evaluated once and copied into every block's sequence instead of evaluated per
+    /// block. Empty `inputs` restore empty slots. The prefix counts against
+    /// [`Self::capacity`]. Models whose state cannot be copied refuse any prefix.
+    fn set_prefix(&mut self, inputs: &[Token]) -> Result<()> {
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        Err(Error::usage(
+            "this model cannot start blocks from an archive primer",
+        ))
+    }
 
     /// Appends one token to each listed slot (`feed[i] = (slot, token)`, slots distinct) and
     /// writes the cumulative frequency table of each slot's next token into `out[i]`

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::quantize::weights_to_cum;
 use super::{Evaluator, Model, Token};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
 
 const NAME: &str = "lmz-order1-v1";
@@ -67,6 +67,7 @@ impl Model for Order1 {
             backend: "rust".into(),
             engine_version: concat!("lmz ", env!("CARGO_PKG_VERSION")).into(),
             cpu_features: String::new(),
+            primer: None,
         }
     }
 
@@ -86,6 +87,7 @@ impl Model for Order1 {
     ) -> Result<Box<dyn Evaluator + '_>> {
         Ok(Box::new(Order1Eval {
             slots: (0..width).map(|_| Slot::new()).collect(),
+            start: None,
         }))
     }
 }
@@ -102,10 +104,27 @@ impl Slot {
             prev: None,
         }
     }
+
+    /// Feeds input token `t` (its low 8 bits): learns the transition that `t` ends.
+    fn learn(&mut self, t: Token) -> usize {
+        let t = (t & 0xFF) as usize;
+        // The first token fed to a slot is BOS: context only, nothing to learn from.
+        if let Some(p) = self.prev {
+            let row = &mut self.counts[p as usize * 256..][..256];
+            row[t] += INC;
+            if row[t] > LIMIT {
+                row.iter_mut().for_each(|c| *c /= 2);
+            }
+        }
+        self.prev = Some(t as u8);
+        t
+    }
 }
 
 struct Order1Eval {
     slots: Vec<Slot>,
+    /// The state every reset slot starts from: a primer's (FORMAT.md §12.8), else empty.
+    start: Option<Slot>,
 }
 
 impl Evaluator for Order1Eval {
@@ -122,26 +141,42 @@ impl Evaluator for Order1Eval {
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {
-        let s = &mut self.slots[slot];
-        s.counts.fill(0);
-        s.prev = None;
+        let s = self
+            .slots
+            .get_mut(slot)
+            .ok_or_else(|| Error::usage(format!("slot {slot} outside the batch")))?;
+        match &self.start {
+            Some(p) => {
+                s.counts.copy_from_slice(&p.counts);
+                s.prev = p.prev;
+            }
+            None => {
+                s.counts.fill(0);
+                s.prev = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_prefix(&mut self, inputs: &[Token]) -> Result<()> {
+        self.start = (!inputs.is_empty()).then(|| {
+            let mut p = Slot::new();
+            for &t in inputs {
+                p.learn(t);
+            }
+            p
+        });
         Ok(())
     }
 
     fn step(&mut self, feed: &[(usize, Token)], out: &mut [Vec<u32>]) -> Result<()> {
         let mut w = [0u32; 256];
         for (&(slot, tok), cum) in feed.iter().zip(out.iter_mut()) {
-            let s = &mut self.slots[slot];
-            let t = (tok & 0xFF) as usize;
-            // The first token fed to a slot is BOS: context only, nothing to learn from.
-            if let Some(p) = s.prev {
-                let row = &mut s.counts[p as usize * 256..][..256];
-                row[t] += INC;
-                if row[t] > LIMIT {
-                    row.iter_mut().for_each(|c| *c /= 2);
-                }
-            }
-            s.prev = Some(t as u8);
+            let s = self
+                .slots
+                .get_mut(slot)
+                .ok_or_else(|| Error::usage(format!("slot {slot} outside the batch")))?;
+            let t = s.learn(tok);
             let row = &s.counts[t * 256..][..256];
             for (w, &c) in w.iter_mut().zip(row) {
                 *w = 1 + c;

@@ -40,6 +40,13 @@ pub struct BenchArgs {
     /// in lockstep, next to the bare model's throughput for the same batch shape.
     #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
     widths: Vec<usize>,
+    /// Most archive-primer tokens, as `lmz pack --primer` (0: none); lmz measures whether
+    /// the primer pays, as pack does.
+    #[arg(long, value_name = "TOKENS", default_value_t = lmz::archive::primer::DEFAULT_PRIMER_TOKENS)]
+    primer: usize,
+    /// Also pack each file without the primer, in the same run: what the primer contributes.
+    #[arg(long)]
+    ablation: bool,
     #[command(flatten)]
     m: ModelArgs,
 }
@@ -332,6 +339,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Runs one engine's measurements: prints its tables, or returns its JSON with `--json`.
+/// Packs `data` as one file into an in-memory archive, after `primer` if given.
+fn pack_one(
+    args: &BenchArgs,
+    model: Option<&dyn lmz::model::Model>,
+    name: &[u8],
+    data: &[u8],
+    primer: Option<&[lmz::model::Token]>,
+) -> Result<(Vec<u8>, lmz::archive::PackStats)> {
+    let opts = WriterOptions {
+        block_size: args.block_size,
+        width: args.m.width(model),
+        zstd_level: 19,
+    };
+    let mut w = Writer::with_primer(Vec::new(), model, opts, primer)?;
+    let meta = Meta {
+        mode: 0o644,
+        ..Meta::default()
+    };
+    w.add_file(name, meta, data.len() as u64, &mut &data[..])?;
+    Ok(w.finish()?)
+}
+
 fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Value>> {
     let model = engine::load_for_pack(engine, args.block_size, &args.m)?;
     let model = model.as_deref();
@@ -356,36 +385,35 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
     let mut rows = Vec::new();
     if !args.json {
         println!(
-            "| file | bytes | lmz bpb | model ideal bpb | coder overhead bits/token | bytes/block | xz -9e bpb | zstd -19 bpb | pack B/s | pack tok/s | unpack B/s | unpack tok/s |"
+            "| file | bytes | lmz bpb | primer tokens | bpb without primer | model ideal bpb | coder overhead bits/token | bytes/block | xz -9e bpb | zstd -19 bpb | pack B/s | pack tok/s | unpack B/s | unpack tok/s |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
     for path in &args.files {
         let mut data = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
         if let Some(l) = args.limit {
             data.truncate(l as usize);
         }
-        let opts = WriterOptions {
-            block_size: args.block_size,
-            width: args.m.width(model),
-            zstd_level: 19,
-        };
-        let t0 = Instant::now();
-        let mut w = Writer::new(Vec::new(), model, opts)?;
         let name = path.file_name().map_or(b"file".to_vec(), |n| {
             n.to_string_lossy().as_bytes().to_vec()
         });
-        w.add_file(
-            &name,
-            Meta {
-                mode: 0o644,
-                ..Meta::default()
-            },
-            data.len() as u64,
-            &mut data.as_slice(),
-        )?;
-        let (bytes, stats) = w.finish()?;
+        let t0 = Instant::now();
+        let primer = match model {
+            Some(m) if args.primer > 0 => {
+                let (first, second) = lmz::archive::primer::samples(&data, args.block_size);
+                let blocks = (data.len() as u64).div_ceil(args.block_size.max(1) as u64);
+                let width = args.m.width(model);
+                lmz::archive::primer::choose(m, first, second, blocks, args.primer, width)?.tokens
+            }
+            _ => None,
+        };
+        let (bytes, stats) = pack_one(args, model, &name, &data, primer.as_deref())?;
         let pack_s = t0.elapsed().as_secs_f64();
+        let without = match (&primer, args.ablation) {
+            (Some(_), true) => Some(pack_one(args, model, &name, &data, None)?.1.archive_bytes),
+            (None, true) => Some(stats.archive_bytes),
+            (_, false) => None,
+        };
 
         let t1 = Instant::now();
         let a = Archive::from_bytes(bytes)?;
@@ -413,6 +441,8 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
             "bytes": data.len(),
             "archive_bytes": stats.archive_bytes,
             "lmz_bpb": stats.archive_bytes as f64 * 8.0 / n,
+            "primer_tokens": primer.as_ref().map_or(0, Vec::len),
+            "no_primer_bpb": without.map(|b| b as f64 * 8.0 / n),
             "blocks": { "model": stats.blocks[mi], "zstd": stats.blocks[Codec::Zstd as usize], "stored": stats.blocks[Codec::Stored as usize] },
             "model_plain_bytes": stats.plain[mi],
             "model_ideal_bpb": if stats.plain[mi] > 0 { stats.kept_ideal_bits / stats.plain[mi] as f64 } else { 0.0 },
@@ -451,13 +481,15 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
                     .map_or("–".to_string(), |v| format!("{v:.0}"))
             };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 path.file_name().map_or_else(
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into_owned()
                 ),
                 data.len(),
                 f("lmz_bpb"),
+                row["primer_tokens"],
+                f("no_primer_bpb"),
                 f("model_ideal_bpb"),
                 f4("coder_overhead_bits_per_token"),
                 f("coder_overhead_bytes_per_block"),

@@ -102,6 +102,13 @@ enum Cmd {
         /// Entry name for data read from stdin.
         #[arg(long, default_value = "stdin")]
         stdin_name: String,
+        /// Most tokens of the archive primer: text from the start of the input that every
+        /// block is coded after, so no block starts from an empty context (order1 and the
+        /// portable engine). lmz measures whether it pays and leaves it out where it does
+        /// not; 0 turns it off.
+        #[arg(long, value_name = "TOKENS", default_value_t = lmz::archive::primer::DEFAULT_PRIMER_TOKENS as u16,
+              value_parser = clap::value_parser!(u16).range(0..=lmz::format::MAX_PRIMER_TOKENS as i64))]
+        primer: u16,
         #[command(flatten)]
         m: ModelArgs,
     },
@@ -217,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
             engine,
             zstd_level,
             stdin_name,
+            primer,
             m,
         } => pack::run(pack::PackArgs {
             inputs,
@@ -227,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
             stdin_name,
             m,
             show_progress,
+            primer_tokens: primer as usize,
         }),
         Cmd::Unpack {
             archive,
@@ -356,6 +365,10 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
                 "class": class_name(h.pin.kind),
                 "portability": portability(h),
             },
+            "primer": h.primer.as_ref().map(|p| serde_json::json!({
+                "tokens": p.tokens,
+                "coded_bytes": p.coded.len(),
+            })),
             "written_with": { "backend": h.backend, "engine": h.engine_version, "cpu": h.cpu_features },
             "blocks": a.block_count(),
             "data_bytes": a.data_len(),
@@ -370,6 +383,15 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
         let h = a.header();
         if h.pin.kind != lmz::format::ModelKind::None {
             writeln!(out, "# model: {} ({})", h.model_name, portability(h))?;
+            match &h.primer {
+                Some(p) => writeln!(
+                    out,
+                    "# primer: {} tokens in {} bytes, before every block",
+                    p.tokens,
+                    p.coded.len()
+                )?,
+                None => writeln!(out, "# primer: none")?,
+            }
         }
     }
     for e in a.entries() {

@@ -24,6 +24,8 @@ pub struct PackArgs {
     pub stdin_name: String,
     pub m: ModelArgs,
     pub show_progress: bool,
+    /// Most primer tokens (0: none); `lmz pack` measures whether they pay.
+    pub primer_tokens: usize,
 }
 
 fn meta(md: &std::fs::Metadata) -> Meta {
@@ -124,15 +126,44 @@ fn write_all<W: Write>(
         width: args.m.width(model),
         zstd_level: args.zstd_level,
     };
-    let mut w = Writer::new(out, model, opts)?;
+    let stdin = args.inputs.len() == 1 && args.inputs[0].as_os_str() == "-";
+    // A stream of unknown length is spooled first, since its entry record (with its size)
+    // must precede its data.
+    let mut spool = None;
+    let samples = if stdin {
+        let mut f = tempfile_spool()?;
+        let n = std::io::copy(&mut std::io::stdin().lock(), &mut f).context("reading stdin")?;
+        let s = Samples::of_file(&mut f, n, args.block_size)?;
+        spool = Some((f, n));
+        s
+    } else {
+        Samples::of_inputs(&args.inputs, args.block_size)?
+    };
+    let primer = match model {
+        Some(m) if args.primer_tokens > 0 && m.pin().kind != lmz::format::ModelKind::Llama => {
+            let blocks = samples.total.div_ceil(args.block_size.max(1) as u64);
+            let c = lmz::archive::primer::choose(
+                m,
+                &samples.first,
+                samples.second.as_deref(),
+                blocks,
+                args.primer_tokens,
+                opts.width,
+            )?;
+            log::info!(
+                "primer: {} ({})",
+                if c.tokens.is_some() { "yes" } else { "no" },
+                c.reason
+            );
+            c.tokens
+        }
+        _ => None,
+    };
+    let mut w = Writer::with_primer(out, model, opts, primer.as_deref())?;
     let bar = crate::progress(0, !args.show_progress);
     let b2 = bar.clone();
     w.on_progress(move |done| b2.set_position(done));
-    if args.inputs.len() == 1 && args.inputs[0].as_os_str() == "-" {
-        // A stream of unknown length: spool it, since its entry record (with its size) must
-        // precede its data.
-        let mut spool = tempfile_spool()?;
-        let n = std::io::copy(&mut std::io::stdin().lock(), &mut spool).context("reading stdin")?;
+    if let Some((mut spool, n)) = spool {
         use std::io::Seek;
         spool.seek(std::io::SeekFrom::Start(0))?;
         let now = std::time::SystemTime::now()
@@ -184,6 +215,89 @@ fn write_all<W: Write>(
         stats.blocks[lmz::format::Codec::Stored as usize],
     );
     Ok(out)
+}
+
+/// Text from the input to choose a primer from ([`lmz::archive::primer::choose`]): the start
+/// of the first non-empty regular file in walk order, and the start of its second block or,
+/// for a file of one block, of the next such file.
+struct Samples {
+    first: Vec<u8>,
+    second: Option<Vec<u8>>,
+    /// Bytes of every regular file (for the number of blocks).
+    total: u64,
+}
+
+/// Enough for a primer and its measurement (256 tokens are about 1 KiB of English).
+const SAMPLE_BYTES: u64 = 4096;
+
+impl Samples {
+    fn of_file(f: &mut File, len: u64, block_size: u32) -> Result<Samples> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut read_at = |at: u64| -> Result<Vec<u8>> {
+            let mut v = Vec::new();
+            f.seek(SeekFrom::Start(at))?;
+            Read::by_ref(f).take(SAMPLE_BYTES).read_to_end(&mut v)?;
+            Ok(v)
+        };
+        let first = read_at(0)?;
+        let second = if len > block_size as u64 + SAMPLE_BYTES / 2 {
+            Some(read_at(block_size as u64)?)
+        } else {
+            None
+        };
+        Ok(Samples {
+            first,
+            second,
+            total: len,
+        })
+    }
+
+    fn of_inputs(inputs: &[PathBuf], block_size: u32) -> Result<Samples> {
+        let mut files = Vec::new();
+        for i in inputs {
+            collect_files(i, &mut files, 2);
+        }
+        let mut s = Samples {
+            first: Vec::new(),
+            second: None,
+            total: inputs.iter().map(|p| du(p)).sum(),
+        };
+        if let Some((p, len)) = files.first() {
+            let mut f = File::open(p).with_context(|| format!("{}", p.display()))?;
+            let one = Samples::of_file(&mut f, *len, block_size)?;
+            s.first = one.first;
+            s.second = one.second;
+        }
+        if s.second.is_none() {
+            if let Some((p, len)) = files.get(1) {
+                let mut f = File::open(p).with_context(|| format!("{}", p.display()))?;
+                s.second = Some(Samples::of_file(&mut f, *len, block_size)?.first);
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// The first `want` non-empty regular files under `p`, in the walk's order (sorted
+/// directory entries, symlinks not followed). Unreadable paths are skipped here: the walk
+/// itself reports them.
+fn collect_files(p: &Path, out: &mut Vec<(PathBuf, u64)>, want: usize) {
+    if out.len() >= want {
+        return;
+    }
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return;
+    };
+    if md.is_file() && md.len() > 0 {
+        out.push((p.to_path_buf(), md.len()));
+    } else if md.is_dir() {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        let mut kids: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        kids.sort();
+        for k in kids {
+            collect_files(&p.join(k), out, want);
+        }
+    }
 }
 
 fn du(p: &Path) -> u64 {

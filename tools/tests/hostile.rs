@@ -19,6 +19,7 @@ fn craft(entries: &[Entry]) -> Vec<u8> {
         backend: String::new(),
         engine_version: "hostile".into(),
         cpu_features: String::new(),
+        primer: None,
     };
     let mut out = h.encode();
     let mut index = Index::default();

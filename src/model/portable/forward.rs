@@ -101,6 +101,28 @@ impl Cache {
         self.k.iter().chain(&self.v).map(|x| x.capacity() * 2).sum()
     }
 
+    /// Makes this cache hold exactly `src`'s positions (an archive primer's, copied into a
+    /// block's sequence), keeping its own allocation where it is large enough.
+    pub fn copy_from(&mut self, cfg: &Config, src: &Cache) {
+        self.len = 0;
+        if src.len == 0 {
+            return;
+        }
+        self.reserve(cfg, src.len);
+        let hd = cfg.head_dim;
+        // Keys: whole groups of 16 positions (lanes past `len` are never read).
+        let kn = src.len.div_ceil(KEY_GROUP) * KEY_GROUP * hd;
+        let vn = src.len * hd;
+        for l in 0..cfg.n_layer {
+            for g in 0..cfg.n_head_kv {
+                let (dst, from) = (g * self.cap * hd, g * src.cap * hd);
+                self.k[l][dst..dst + kn].copy_from_slice(&src.k[l][from..from + kn]);
+                self.v[l][dst..dst + vn].copy_from_slice(&src.v[l][from..from + vn]);
+            }
+        }
+        self.len = src.len;
+    }
+
     /// Makes room for positions `0 .. n`.
     fn reserve(&mut self, cfg: &Config, n: usize) {
         if n <= self.cap {

@@ -19,6 +19,7 @@ pub mod kernels;
 #[cfg(test)]
 mod vectors;
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use forward::{Cache, Config, Layer, Row, Scratch, StepTimes, Weights};
@@ -30,7 +31,7 @@ use super::gguf::Gguf;
 use super::tables::Tables;
 use super::{check_rows, EvalProfile, Evaluator, Model, Token};
 use crate::error::{Error, Result};
-use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS};
+use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS, MAX_PRIMER_TOKENS};
 
 /// The arithmetic's version, pinned in header byte 37 (FORMAT.md §20.9).
 pub const ARITH_VERSION: u8 = 1;
@@ -84,6 +85,9 @@ pub struct PortableLm {
     kernels: KernelSet,
     table_threads: usize,
     pool: Option<rayon::ThreadPool>,
+    /// The last archive primer's KV state and the inputs it holds: computed once per
+    /// process (per mount), shared by every evaluator that starts blocks from it.
+    prefix: Mutex<Option<(Vec<Token>, Arc<Cache>)>>,
 }
 
 fn bad(file: &ModelFile, detail: impl std::fmt::Display) -> Error {
@@ -245,6 +249,7 @@ impl PortableLm {
             kernels,
             table_threads,
             pool,
+            prefix: Mutex::new(None),
         }))
     }
 
@@ -307,7 +312,12 @@ impl PortableLm {
         PortableEval {
             m: self,
             caches: (0..width).map(|_| Cache::default()).collect(),
-            capacity: tokens.clamp(1, self.pin.max_block_tokens as usize),
+            // A block's tokens after an archive primer's (FORMAT.md §12.8).
+            capacity: tokens.clamp(
+                1,
+                self.pin.max_block_tokens as usize + MAX_PRIMER_TOKENS as usize,
+            ),
+            prefix: None,
             chunk: chunk.max(1),
             rows: Vec::new(),
             scratch: Scratch::default(),
@@ -478,6 +488,7 @@ impl Model for PortableLm {
             backend: format!("rust {}", self.kernels.name()),
             engine_version: ENGINE_VERSION.into(),
             cpu_features: cpu_features(),
+            primer: None,
         }
     }
 
@@ -561,6 +572,8 @@ impl Model for PortableLm {
 struct PortableEval<'m> {
     m: &'m PortableLm,
     caches: Vec<Cache>,
+    /// What a reset slot starts from ([`Evaluator::set_prefix`]); `None`: empty.
+    prefix: Option<Arc<Cache>>,
     /// Most tokens per sequence, BOS excluded.
     capacity: usize,
     chunk: usize,
@@ -648,7 +661,56 @@ impl Evaluator for PortableEval<'_> {
             .caches
             .get_mut(slot)
             .ok_or_else(|| Error::usage(format!("slot {slot} outside the batch")))?;
-        c.clear();
+        match &self.prefix {
+            Some(p) => c.copy_from(&self.m.w.cfg, p),
+            None => c.clear(),
+        }
+        Ok(())
+    }
+
+    fn set_prefix(&mut self, inputs: &[Token]) -> Result<()> {
+        if inputs.is_empty() {
+            self.prefix = None;
+            return Ok(());
+        }
+        if inputs.len() > self.capacity {
+            return Err(Error::ModelEval {
+                detail: format!("a primer of {} inputs exceeds the context", inputs.len()),
+            });
+        }
+        let mut shared = self.m.prefix.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((toks, cache)) = shared.as_ref() {
+            if toks == inputs {
+                self.prefix = Some(cache.clone());
+                return Ok(());
+            }
+        }
+        // Evaluated like any sequence (the same operations whatever the step holds,
+        // §20.8), 16 inputs per step; the logits are not needed.
+        let mut one = vec![Cache::default()];
+        let mut rows = Vec::with_capacity(16);
+        for c in inputs.chunks(16) {
+            rows.clear();
+            rows.extend(c.iter().map(|&t| Row {
+                slot: 0,
+                token: if t as usize >= self.m.n_model {
+                    self.m.escape_input
+                } else {
+                    t
+                },
+            }));
+            self.m.w.forward(
+                self.m.kernels,
+                self.m.pool.as_ref(),
+                &rows,
+                &mut one,
+                &mut self.scratch,
+                &mut self.times,
+            );
+        }
+        let cache = Arc::new(one.pop().expect("one cache"));
+        *shared = Some((inputs.to_vec(), cache.clone()));
+        self.prefix = Some(cache);
         Ok(())
     }
 
@@ -824,6 +886,74 @@ mod tests {
             "lmz transformer v1 golden tables: format-spec/vectors/model/tiny-llama.gguf.\n\
              Per line: SHA-256 of the frequency tables after bos, t0 .. t(n-2), then t0 .. t(n-1).",
         );
+    }
+
+    /// An archive primer's state, computed once and copied into each slot (FORMAT.md §12.8),
+    /// gives exactly the distributions of one sequence fed `bos`, the primer and the block
+    /// one token per step (the reference evaluation), whichever slot, width or chunking; and
+    /// evaluators made later reuse the cached state (same results).
+    #[test]
+    fn primer_prefix_equals_one_long_sequence() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(crate::model::synthetic::COMMITTED_PATH);
+        let file = vectors::model_file(&path, "tiny-llama");
+        let m = PortableLm::load(&file, 512, PortableOptions::default()).unwrap();
+        let primer = m
+            .tokenize(
+                b"Alice was beginning to get very tired of sitting by her sister. "
+                    .repeat(3)
+                    .as_slice(),
+            )
+            .unwrap();
+        let block = m
+            .tokenize(b"So she was considering in her own mind, as well as she could.")
+            .unwrap();
+        let p = primer.len();
+        // Reference: one sequence, one input per step.
+        let inputs: Vec<Token> = std::iter::once(m.pin.bos)
+            .chain(primer.iter().copied())
+            .chain(block[..block.len() - 1].iter().copied())
+            .collect();
+        let mut e = m.evaluator(1, inputs.len(), 1).unwrap();
+        let mut want = Vec::new();
+        for (k, &t) in inputs.iter().enumerate() {
+            let mut one = [(0, 0)];
+            let sym = if k < p { primer[k] } else { block[k - p] };
+            e.step_intervals(&[(0, &[t][..])], &[sym], &mut one)
+                .unwrap();
+            if k >= p {
+                want.push(one[0]);
+            }
+        }
+        let prefix: Vec<Token> = std::iter::once(m.pin.bos)
+            .chain(primer[..p - 1].iter().copied())
+            .collect();
+        let first = primer[p - 1];
+        let block_inputs: Vec<Token> = std::iter::once(first)
+            .chain(block[..block.len() - 1].iter().copied())
+            .collect();
+        for (width, chunk) in [(1, 1), (3, 16), (2, 5)] {
+            let mut e = m
+                .evaluator(width, prefix.len() + block.len(), chunk)
+                .unwrap();
+            e.set_prefix(&prefix).unwrap();
+            let slot = width - 1;
+            // A slot used for something else first, then reset: the copy replaces it.
+            e.step_intervals(&[(slot, &[5][..])], &[7], &mut [(0, 0)])
+                .unwrap();
+            e.reset(slot).unwrap();
+            let mut got = vec![(0, 0); block.len()];
+            for (i, c) in block_inputs.chunks(chunk).enumerate() {
+                let at = i * chunk;
+                e.step_intervals(
+                    &[(slot, c)],
+                    &block[at..at + c.len()],
+                    &mut got[at..at + c.len()],
+                )
+                .unwrap();
+            }
+            assert_eq!(got, want, "width {width}, chunk {chunk}");
+        }
     }
 
     /// Bits per byte of the default model on the start of alice29.txt, one token per step and

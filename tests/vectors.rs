@@ -493,10 +493,12 @@ fn tiny_model() -> PortableLm {
 }
 
 /// The tiny model's header for `block_size`, with the diagnostic strings (§4.2) fixed, so
-/// that the vector does not depend on the generating machine's CPU features or kernels.
+/// that the vector does not depend on the generating machine's CPU features or kernels, nor
+/// on the writer's version (these are the strings the vectors were first written with).
 fn tiny_header(m: &PortableLm, block_size: u32) -> Vec<u8> {
     let mut h = m.header(block_size);
     h.backend = "rust".into();
+    h.engine_version = "lmz transformer v1 (lmz 0.1.0)".into();
     h.cpu_features = "any".into();
     h.encode()
 }

@@ -36,9 +36,9 @@ use crate::format::{Header, ModelKind, ModelPin, Tokenizer, FREQ_BITS, MAX_PRIME
 /// The arithmetic's version, pinned in header byte 37 (FORMAT.md §20.9).
 pub const ARITH_VERSION: u8 = 1;
 
-/// The header's diagnostic `engine_version` string.
-pub const ENGINE_VERSION: &str =
-    concat!("lmz transformer v1 (lmz ", env!("CARGO_PKG_VERSION"), ")");
+/// The header's diagnostic `engine_version` string: the writer's version only, since the
+/// arithmetic's is pinned in byte 37 and every byte of a header costs each archive.
+pub const ENGINE_VERSION: &str = concat!("lmz ", env!("CARGO_PKG_VERSION"));
 
 /// Settings of a portable evaluation that do not change probabilities.
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,18 +94,6 @@ fn bad(file: &ModelFile, detail: impl std::fmt::Display) -> Error {
     Error::ModelUnavailable {
         detail: format!("{}: {detail}", file.path.display()),
     }
-}
-
-/// The machine's CPU, as the header's diagnostic string records it.
-pub fn cpu_features() -> String {
-    let mut f = vec![std::env::consts::ARCH.to_string()];
-    f.extend(
-        KernelSet::available()
-            .iter()
-            .filter(|k| **k != KernelSet::Scalar)
-            .map(|k| k.name().to_string()),
-    );
-    f.join(" ")
 }
 
 /// Whether kind 3 covers a parsed model: architecture, tokenizer, RoPE and weight types
@@ -487,7 +475,9 @@ impl Model for PortableLm {
             model_name: self.name.clone(),
             backend: format!("rust {}", self.kernels.name()),
             engine_version: ENGINE_VERSION.into(),
-            cpu_features: cpu_features(),
+            // Kind 3 computes the same on every CPU: the writer's CPU explains nothing a
+            // reader could act on (the kernel set used is in `backend`), so none is recorded.
+            cpu_features: String::new(),
             primer: None,
         }
     }

@@ -115,6 +115,12 @@ pub enum Error {
     Usage { detail: String },
     /// An entry's path would escape the destination or is otherwise unsafe to create.
     UnsafePath { path: String, detail: String },
+    /// Something wrong with one part file of a merge (damaged, truncated, not a part):
+    /// `source` says what, at offsets of that part.
+    InPart { part: String, source: Box<Error> },
+    /// Parts that do not make one archive together: a shard missing or given twice, parts
+    /// of other plans, models or options.
+    PartsDisagree { detail: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -130,7 +136,10 @@ impl Error {
             | Error::ModelUnavailable { .. }
             | Error::ModelEval { .. }
             | Error::ModelDiverged { .. } => Class::Model,
-            Error::Usage { .. } | Error::UnsafePath { .. } => Class::Usage,
+            Error::Usage { .. } | Error::UnsafePath { .. } | Error::PartsDisagree { .. } => {
+                Class::Usage
+            }
+            Error::InPart { source, .. } => source.class(),
         }
     }
 
@@ -205,6 +214,8 @@ impl fmt::Display for Error {
             Error::ModelEval { detail } => write!(f, "model evaluation failed: {detail}"),
             Error::Usage { detail } => f.write_str(detail),
             Error::UnsafePath { path, detail } => write!(f, "refusing entry {path:?}: {detail}"),
+            Error::InPart { part, source } => write!(f, "part {part}: {source}"),
+            Error::PartsDisagree { detail } => write!(f, "cannot merge these parts: {detail}"),
         }
     }
 }

@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use lmz::archive::extract::{ExtractOptions, Extractor};
+use lmz::archive::merge::merge;
 use lmz::archive::stream::extract_stream;
-use lmz::archive::{Archive, Meta, Writer, WriterOptions};
+use lmz::archive::{Archive, Meta, Shard, Writer, WriterOptions};
 use lmz::format::ModelKind;
 use lmz::model::order1::Order1;
 use lmz::model::Model;
@@ -18,6 +19,11 @@ type Files = Vec<(Vec<u8>, Vec<u8>)>;
 /// `primer`, under context policy 2 (the first 200 bytes of its text as the archive primer,
 /// FORMAT.md §12.8), so flips in the primer's bytes are swept too.
 fn reference(primer: bool) -> (Vec<u8>, Files) {
+    reference_as(primer, None)
+}
+
+/// [`reference`], or shard `shard`'s part of it (of 3).
+fn reference_as(primer: bool, shard: Option<u32>) -> (Vec<u8>, Files) {
     let m = Order1::new(512);
     let opts = WriterOptions {
         block_size: 512,
@@ -35,12 +41,18 @@ fn reference(primer: bool) -> (Vec<u8>, Files) {
         text.push(b"etaoin shrdlu "[(x >> 16) as usize % 14]);
     }
     let tokens: Vec<u32> = text[..200].iter().map(|&b| b as u32).collect();
-    let mut w = Writer::with_primer(
-        Vec::new(),
-        Some(&m as &dyn Model),
-        opts,
-        primer.then_some(&tokens[..]),
-    )
+    let primer = primer.then_some(&tokens[..]);
+    let mut w = match shard {
+        None => Writer::with_primer(Vec::new(), Some(&m as &dyn Model), opts, primer),
+        Some(index) => {
+            let shard = Shard {
+                index,
+                count: 3,
+                data_len: 900 + 300 + 400 + 9,
+            };
+            Writer::part_with_primer(Vec::new(), Some(&m as &dyn Model), opts, primer, shard)
+        }
+    }
     .unwrap();
     let noise: Vec<u8> = (0..300u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -68,7 +80,7 @@ fn reference(primer: bool) -> (Vec<u8>, Files) {
     w.add_hardlink(b"hard", b"small", meta).unwrap();
     let (bytes, stats) = w.finish().unwrap();
     assert!(
-        stats.blocks.iter().filter(|&&n| n > 0).count() >= 2,
+        shard.is_some() || stats.blocks.iter().filter(|&&n| n > 0).count() >= 2,
         "several codecs in use: {stats:?}"
     );
     (bytes, files)
@@ -218,4 +230,67 @@ fn sweep(primer: bool) {
     );
     // Hang guard (not a speed test): a case is a few milliseconds; minutes mean a loop.
     assert!(ra.slowest.max(st.slowest) < Duration::from_secs(30));
+}
+
+/// Merges `parts`; `Ok(true)` when the result is exactly `want`.
+fn merged(parts: &[Vec<u8>], want: &[u8]) -> Result<bool, lmz::Error> {
+    let mut out = Vec::new();
+    let ps = parts
+        .iter()
+        .enumerate()
+        .map(|(k, p)| (format!("part {k}"), std::io::Cursor::new(p.as_slice())))
+        .collect();
+    merge(ps, &mut out)?;
+    Ok(out == want)
+}
+
+/// Every single-byte flip and every truncation of every part of a 3-shard set (of the primed
+/// reference archive, so the primer in each part's header is swept too) is refused by the
+/// merge: none merges into wrong bytes, and none is harmless (every byte of a part is under
+/// a CRC or checked against the others).
+#[test]
+fn every_flip_and_truncation_of_a_part_is_refused() {
+    let (single, _) = reference(true);
+    let parts: Vec<Vec<u8>> = (0..3).map(|k| reference_as(true, Some(k)).0).collect();
+    assert!(merged(&parts, &single).unwrap());
+    let mut c = Counts::default();
+    let mut bytes = 0;
+    for k in 0..parts.len() {
+        let orig = &parts[k];
+        bytes += orig.len();
+        let mut set = parts.clone();
+        for i in 0..orig.len() {
+            for bit in [0x01u8, 0x80] {
+                set[k] = orig.clone();
+                set[k][i] ^= bit;
+                let t = Instant::now();
+                let r = merged(&set, &single);
+                tally(
+                    &mut c,
+                    r,
+                    t.elapsed(),
+                    &format!("part {k}: flip {bit:#x} at {i}"),
+                );
+            }
+        }
+        for n in 0..orig.len() {
+            set[k] = orig[..n].to_vec();
+            let t = Instant::now();
+            let r = merged(&set, &single);
+            tally(
+                &mut c,
+                r,
+                t.elapsed(),
+                &format!("part {k}: truncate at {n}"),
+            );
+        }
+        set[k] = orig.clone();
+        set[k].push(0);
+        assert!(merged(&set, &single).is_err());
+    }
+    println!("part sweep over {bytes} bytes of 3 parts: {c:?}; panics = 0");
+    assert_eq!(c.wrong, 0);
+    assert_eq!(c.exact, 0, "every byte of a part is covered by a check");
+    assert_eq!(c.rejected, c.cases);
+    assert!(c.slowest < Duration::from_secs(30));
 }

@@ -8,6 +8,7 @@
 //! extractor and the mount trust the entry list.
 
 pub mod extract;
+pub mod merge;
 pub mod primer;
 pub mod reader;
 pub mod stream;
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::{Entry, EntryKind};
 
 pub use reader::Archive;
-pub use writer::{Meta, PackStats, Writer, WriterOptions};
+pub use writer::{FileData, Meta, PackStats, Shard, Writer, WriterOptions};
 
 /// A validated entry list.
 #[derive(Debug, Default)]

@@ -5,7 +5,9 @@
 
 mod bench;
 mod engine;
+mod merge;
 mod mount;
+mod output;
 mod pack;
 
 use std::io::Write;
@@ -109,8 +111,29 @@ enum Cmd {
         #[arg(long, value_name = "TOKENS", default_value_t = lmz::archive::primer::DEFAULT_PRIMER_TOKENS as u16,
               value_parser = clap::value_parser!(u16).range(0..=lmz::format::MAX_PRIMER_TOKENS as i64))]
         primer: u16,
+        /// Write only shard K of N (K counts from 0): a part of the archive the same command
+        /// without --shard writes, for `lmz merge`. Every shard walks the same inputs and
+        /// codes its share of the blocks; the shards may run anywhere, at any time, with the
+        /// same inputs, options and model.
+        #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+        shard: Option<(u32, u32)>,
+        /// Code the archive as N shards at once, each with its own model instance (for
+        /// several evaluators sharing a GPU; give each --threads cores/N), then merge them:
+        /// the same archive as with one worker, byte for byte.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        workers: usize,
         #[command(flatten)]
         m: ModelArgs,
+    },
+    /// Join the parts of `lmz pack --shard K/N` into the archive a single `lmz pack` writes,
+    /// byte for byte, without decoding anything. Refuses (writing nothing) a missing or
+    /// repeated shard, parts of other inputs, options or models, and damaged parts.
+    Merge {
+        #[arg(required = true, value_name = "PART")]
+        parts: Vec<PathBuf>,
+        /// Archive to write.
+        #[arg(short, long, value_name = "ARCHIVE")]
+        output: PathBuf,
     },
     /// Extract an archive (`-` reads it from stdin) into a directory.
     Unpack {
@@ -165,6 +188,28 @@ enum Cmd {
     Mount(mount::MountArgs),
     /// Measure the FUSE mount: mount time, sequential and random read speed, prefetch.
     BenchMount(mount::bench::BenchMountArgs),
+}
+
+/// `K/N` with K < N, 1 ≤ N ≤ 65536.
+fn parse_shard(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected K/N, e.g. 0/4"))?;
+    let k: u32 = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: K is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: N is not a number"))?;
+    let max = lmz::format::part::MAX_SHARDS;
+    if n == 0 || n > max || k >= n {
+        return Err(format!(
+            "{s:?}: need 0 ≤ K < N ≤ {max} (shards count from 0)"
+        ));
+    }
+    Ok((k, n))
 }
 
 fn main() -> ExitCode {
@@ -225,6 +270,8 @@ fn run(cli: Cli) -> Result<()> {
             zstd_level,
             stdin_name,
             primer,
+            shard,
+            workers,
             m,
         } => pack::run(pack::PackArgs {
             inputs,
@@ -236,7 +283,10 @@ fn run(cli: Cli) -> Result<()> {
             m,
             show_progress,
             primer_tokens: primer as usize,
+            shard,
+            workers,
         }),
+        Cmd::Merge { parts, output } => merge::run(&parts, &output),
         Cmd::Unpack {
             archive,
             dir,

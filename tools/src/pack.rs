@@ -2,17 +2,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use lmz::archive::{Meta, Writer, WriterOptions};
+use lmz::archive::{FileData, Meta, Shard, Writer, WriterOptions};
 use lmz::model::Model;
 
 use crate::engine::{self, Engine};
+use crate::output::Atomic;
 use crate::ModelArgs;
 
 pub struct PackArgs {
@@ -26,6 +27,10 @@ pub struct PackArgs {
     pub show_progress: bool,
     /// Most primer tokens (0: none); `lmz pack` measures whether they pay.
     pub primer_tokens: usize,
+    /// `--shard K/N`: write shard K's part of N.
+    pub shard: Option<(u32, u32)>,
+    /// `--workers N`: code N shards at once in this process and merge them.
+    pub workers: usize,
 }
 
 fn meta(md: &std::fs::Metadata) -> Meta {
@@ -38,25 +43,78 @@ fn meta(md: &std::fs::Metadata) -> Meta {
     }
 }
 
-/// Walks the inputs into `w`. Hard links are recorded once per inode; the archive being
-/// written (`skip`) is never packed into itself.
-struct Walker<'w, 'm, W: Write> {
-    w: &'w mut Writer<'m, W>,
-    links: HashMap<(u64, u64), Vec<u8>>,
-    skip: Option<(u64, u64)>,
+/// What the walk found for one entry, before anything is written: the archive's entries in
+/// order, as every shard of a sharded pack computes them alike.
+struct Item {
+    name: Vec<u8>,
+    meta: Meta,
+    what: What,
 }
 
-impl<W: Write> Walker<'_, '_, W> {
+enum What {
+    Dir,
+    Symlink(Vec<u8>),
+    /// A hard link to the earlier entry of this name.
+    HardLink(Vec<u8>),
+    File {
+        path: PathBuf,
+        size: u64,
+        /// Modification time as walked, to notice a file that changes before it is read.
+        mtime: (i64, i64),
+    },
+}
+
+/// Walks the inputs into items. Hard links are recorded once per inode; the archive being
+/// written and its workers' parts (`skip`) are never packed into themselves.
+struct Walker {
+    items: Vec<Item>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    skip: Vec<(u64, u64)>,
+}
+
+impl Walker {
     fn add(&mut self, fs_path: &Path, name: &[u8]) -> Result<()> {
         let md =
             std::fs::symlink_metadata(fs_path).with_context(|| format!("{}", fs_path.display()))?;
         let id = (md.dev(), md.ino());
-        if Some(id) == self.skip {
+        if self.skip.contains(&id) {
             return Ok(());
         }
         let ft = md.file_type();
-        if ft.is_dir() {
-            self.w.add_dir(name, meta(&md))?;
+        let what = if ft.is_dir() {
+            What::Dir
+        } else if ft.is_symlink() {
+            let t =
+                std::fs::read_link(fs_path).with_context(|| format!("{}", fs_path.display()))?;
+            What::Symlink(t.as_os_str().as_bytes().to_vec())
+        } else if ft.is_file() {
+            match self.links.get(&id) {
+                Some(first) if md.nlink() > 1 => What::HardLink(first.clone()),
+                _ => {
+                    if md.nlink() > 1 {
+                        self.links.insert(id, name.to_vec());
+                    }
+                    What::File {
+                        path: fs_path.to_path_buf(),
+                        size: md.len(),
+                        mtime: (md.mtime(), md.mtime_nsec()),
+                    }
+                }
+            }
+        } else {
+            log::warn!(
+                "{}: skipping (not a regular file, directory or symlink)",
+                fs_path.display()
+            );
+            return Ok(());
+        };
+        let dir = matches!(what, What::Dir);
+        self.items.push(Item {
+            name: name.to_vec(),
+            meta: meta(&md),
+            what,
+        });
+        if dir {
             let mut kids: Vec<_> = std::fs::read_dir(fs_path)
                 .with_context(|| format!("{}", fs_path.display()))?
                 .map(|e| e.map(|e| e.file_name()))
@@ -69,31 +127,81 @@ impl<W: Write> Walker<'_, '_, W> {
                 child.extend_from_slice(k.as_bytes());
                 self.add(&fs_path.join(&k), &child)?;
             }
-        } else if ft.is_symlink() {
-            let t =
-                std::fs::read_link(fs_path).with_context(|| format!("{}", fs_path.display()))?;
-            self.w
-                .add_symlink(name, t.as_os_str().as_bytes(), meta(&md))?;
-        } else if ft.is_file() {
-            if md.nlink() > 1 {
-                if let Some(first) = self.links.get(&id) {
-                    let first = first.clone();
-                    return Ok(self.w.add_hardlink(name, &first, meta(&md))?);
-                }
-                self.links.insert(id, name.to_vec());
-            }
-            let mut f = File::open(fs_path).with_context(|| format!("{}", fs_path.display()))?;
-            self.w
-                .add_file(name, meta(&md), md.len(), &mut f)
-                .with_context(|| format!("{}", fs_path.display()))?;
-        } else {
-            log::warn!(
-                "{}: skipping (not a regular file, directory or symlink)",
-                fs_path.display()
-            );
         }
         Ok(())
     }
+}
+
+/// A file's bytes, opened when first needed: a shard never opens the files that lie wholly
+/// in other shards' blocks, and seeks past the bytes it does not code.
+struct LazyFile<'a> {
+    path: &'a Path,
+    size: u64,
+    mtime: (i64, i64),
+    pos: u64,
+    file: Option<File>,
+}
+
+impl LazyFile<'_> {
+    fn file(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
+            let f = File::open(self.path)?;
+            let md = f.metadata()?;
+            if md.len() != self.size || (md.mtime(), md.mtime_nsec()) != self.mtime {
+                return Err(std::io::Error::other(
+                    "changed since the inputs were walked (size or mtime): pack it again",
+                ));
+            }
+            self.file = Some(f);
+        }
+        let (f, pos) = (self.file.as_mut().expect("opened"), self.pos);
+        f.seek(std::io::SeekFrom::Start(pos))?;
+        Ok(f)
+    }
+}
+
+impl FileData for LazyFile<'_> {
+    fn read_into(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file()?.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                std::io::Error::new(
+                    e.kind(),
+                    "file ended before its recorded size (did it change while being packed?)",
+                )
+            } else {
+                e
+            }
+        })?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        self.pos += n;
+        Ok(())
+    }
+}
+
+fn add_items<W: Write>(w: &mut Writer<'_, W>, items: &[Item]) -> Result<()> {
+    for it in items {
+        match &it.what {
+            What::Dir => w.add_dir(&it.name, it.meta)?,
+            What::Symlink(t) => w.add_symlink(&it.name, t, it.meta)?,
+            What::HardLink(t) => w.add_hardlink(&it.name, t, it.meta)?,
+            What::File { path, size, mtime } => {
+                let mut data = LazyFile {
+                    path,
+                    size: *size,
+                    mtime: *mtime,
+                    pos: 0,
+                    file: None,
+                };
+                w.add_file_from(&it.name, it.meta, *size, &mut data)
+                    .with_context(|| format!("{}", path.display()))?
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The archive name of an input: its last component (like `zip -r` from its parent).
@@ -115,18 +223,53 @@ fn input_name(p: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// Whether the input is stdin (`-` alone).
+fn is_stdin(args: &PackArgs) -> Result<bool> {
+    if args.inputs.len() > 1 && args.inputs.iter().any(|i| i.as_os_str() == "-") {
+        bail!(lmz::Error::usage("`-` (stdin) must be the only input"));
+    }
+    Ok(args.inputs.len() == 1 && args.inputs[0].as_os_str() == "-")
+}
+
+/// The entries of the inputs, in archive order (none for stdin).
+fn walk(args: &PackArgs, skip: Vec<(u64, u64)>) -> Result<Vec<Item>> {
+    if is_stdin(args)? {
+        return Ok(Vec::new());
+    }
+    let mut walker = Walker {
+        items: Vec::new(),
+        links: HashMap::new(),
+        skip,
+    };
+    for i in &args.inputs {
+        let name = input_name(i)?;
+        walker.add(i, &name)?;
+    }
+    Ok(walker.items)
+}
+
+/// Writes the archive of `items` (or of stdin), or shard `shard`'s part of it, to `out`.
 fn write_all<W: Write>(
     args: &PackArgs,
     model: Option<&dyn Model>,
     out: W,
-    skip: Option<(u64, u64)>,
+    items: &[Item],
+    shard: Option<(u32, u32)>,
+    show_progress: bool,
 ) -> Result<W> {
     let opts = WriterOptions {
         block_size: args.block_size,
         width: args.m.width(model),
         zstd_level: args.zstd_level,
     };
-    let stdin = args.inputs.len() == 1 && args.inputs[0].as_os_str() == "-";
+    let stdin = is_stdin(args)?;
+    let data_len: u64 = items
+        .iter()
+        .map(|i| match i.what {
+            What::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
     // A stream of unknown length is spooled first, since its entry record (with its size)
     // must precede its data.
     let mut spool = None;
@@ -137,6 +280,8 @@ fn write_all<W: Write>(
         spool = Some((f, n));
         s
     } else {
+        // Every shard reads the same samples, so every shard chooses the same primer (and
+        // the plan hash holds it: merge refuses parts of other primers).
         Samples::of_inputs(&args.inputs, args.block_size)?
     };
     let primer = match model {
@@ -159,8 +304,23 @@ fn write_all<W: Write>(
         }
         _ => None,
     };
-    let mut w = Writer::with_primer(out, model, opts, primer.as_deref())?;
-    let bar = crate::progress(0, !args.show_progress);
+    let mut w = match shard {
+        None => Writer::with_primer(out, model, opts, primer.as_deref())?,
+        Some((index, count)) => {
+            if stdin {
+                bail!(lmz::Error::usage(
+                    "--shard needs inputs every shard can read alike, not stdin"
+                ));
+            }
+            let shard = Shard {
+                index,
+                count,
+                data_len,
+            };
+            Writer::part_with_primer(out, model, opts, primer.as_deref(), shard)?
+        }
+    };
+    let bar = crate::progress(0, !show_progress);
     let b2 = bar.clone();
     w.on_progress(move |done| b2.set_position(done));
     if let Some((mut spool, n)) = spool {
@@ -179,34 +339,28 @@ fn write_all<W: Write>(
         bar.set_length(n);
         w.add_file(args.stdin_name.as_bytes(), meta, n, &mut spool)?;
     } else {
-        let mut total = 0;
-        for i in &args.inputs {
-            total += du(i);
-        }
-        bar.set_length(total);
-        let mut walker = Walker {
-            w: &mut w,
-            links: HashMap::new(),
-            skip,
-        };
-        for i in &args.inputs {
-            if i.as_os_str() == "-" {
-                bail!(lmz::Error::usage("`-` (stdin) must be the only input"));
-            }
-            let name = input_name(i)?;
-            walker.add(i, &name)?;
-        }
+        bar.set_length(match shard {
+            // About a shard's share.
+            Some((_, count)) => data_len / count as u64,
+            None => data_len,
+        });
+        add_items(&mut w, items)?;
     }
     let (out, stats) = w.finish()?;
     bar.finish_and_clear();
     let model_blocks = stats.blocks[lmz::format::Codec::Model as usize];
+    let coded: u64 = stats.plain.iter().sum();
     log::info!(
-        "{} entries, {} bytes → {} bytes ({:.3} bits/byte); blocks: {} model, {} zstd, {} stored",
+        "{}{} entries, {} bytes → {} bytes ({:.3} bits/byte); blocks: {} model, {} zstd, {} stored",
+        match shard {
+            Some((k, n)) => format!("shard {k}/{n}: "),
+            None => String::new(),
+        },
         stats.entries,
-        stats.plain_bytes,
+        coded,
         stats.archive_bytes,
-        if stats.plain_bytes > 0 {
-            stats.archive_bytes as f64 * 8.0 / stats.plain_bytes as f64
+        if coded > 0 {
+            stats.archive_bytes as f64 * 8.0 / coded as f64
         } else {
             0.0
         },
@@ -331,73 +485,83 @@ fn tempfile_spool() -> Result<File> {
     bail!("cannot create a spool file in {}", dir.display())
 }
 
-/// Removes the temporary archive unless it was renamed into place.
-struct TempGuard(Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// On SIGINT, SIGTERM or SIGHUP, removes the temporary archive and exits (128 + signal):
-/// an interrupted pack leaves nothing behind. (SIGKILL cannot be caught; then the hidden
-/// temporary file stays, but never under the final name.)
-fn remove_on_signal(tmp: PathBuf) -> Result<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    let handle = signals.handle();
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            let _ = std::fs::remove_file(&tmp);
-            std::process::exit(128 + sig);
-        }
-    });
-    Ok(handle)
-}
-
 pub fn run(args: PackArgs) -> Result<()> {
+    if args.workers > 1 {
+        return run_workers(&args);
+    }
     let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
     let model = model.as_deref();
     if args.output.as_os_str() == "-" {
         let out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        write_all(&args, model, out, None)?;
+        let items = walk(&args, Vec::new())?;
+        write_all(&args, model, out, &items, args.shard, args.show_progress)?;
         return Ok(());
     }
-    // Written under a temporary name in the same directory, then renamed: no reader ever
-    // sees a partial archive under the final name.
-    let out_path = &args.output;
-    let dir = match out_path.parent() {
+    let (tmp, out) = Atomic::create(&args.output)?;
+    let items = walk(&args, vec![tmp.id])?;
+    let out = write_all(&args, model, out, &items, args.shard, args.show_progress)?;
+    tmp.commit(out)
+}
+
+/// A folder removed with its contents when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `--workers N`: the archive as N shards coded by N workers at once, each with its own
+/// model instance (for several evaluators sharing one GPU), merged into the output. The
+/// archive is the same bytes as with one worker: the shards share the plan, and the merge
+/// is exact.
+fn run_workers(args: &PackArgs) -> Result<()> {
+    let n = args.workers;
+    if is_stdin(args)? || args.shard.is_some() || args.output.as_os_str() == "-" {
+        bail!(lmz::Error::usage(
+            "--workers needs inputs other than stdin, an output file, and no --shard"
+        ));
+    }
+    if n > lmz::format::part::MAX_SHARDS as usize {
+        bail!(lmz::Error::usage("--workers: too many"));
+    }
+    let (tmp, mut out) = Atomic::create(&args.output)?;
+    let dir = match args.output.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let base = out_path
-        .file_name()
-        .ok_or_else(|| lmz::Error::usage(format!("{}: not a file name", out_path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.lmz-tmp-{}",
-        base.to_string_lossy(),
-        std::process::id()
-    ));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| lmz::Error::io(&tmp, e))?;
-    let mut guard = TempGuard(Some(tmp.clone()));
-    let signals = remove_on_signal(tmp.clone())?;
-    let md = file.metadata().map_err(|e| lmz::Error::io(&tmp, e))?;
-    let out = BufWriter::with_capacity(1 << 20, file);
-    let out = write_all(&args, model, out, Some((md.dev(), md.ino())))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| lmz::Error::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| lmz::Error::io(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, out_path).map_err(|e| lmz::Error::io(out_path, e))?;
-    guard.0 = None;
-    signals.close();
-    Ok(())
+    let parts = TempDir(dir.join(format!(".lmz-parts-{}", std::process::id())));
+    std::fs::create_dir(&parts.0).map_err(|e| lmz::Error::io(&parts.0, e))?;
+    let md = std::fs::metadata(&parts.0).map_err(|e| lmz::Error::io(&parts.0, e))?;
+    let items = walk(args, vec![tmp.id, (md.dev(), md.ino())])?;
+    let paths: Vec<PathBuf> = (0..n).map(|k| parts.0.join(format!("part-{k}"))).collect();
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(k, path)| {
+                let items = &items;
+                s.spawn(move || -> Result<()> {
+                    let model = engine::load_for_pack(args.engine, args.block_size, &args.m)?;
+                    let f = File::create(path).map_err(|e| lmz::Error::io(path, e))?;
+                    let out = BufWriter::with_capacity(1 << 20, f);
+                    let shard = Some((k as u32, n as u32));
+                    let out = write_all(args, model.as_deref(), out, items, shard, false)?;
+                    out.into_inner()
+                        .map_err(|e| lmz::Error::io(path, e.into_error()))?;
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().unwrap_or_else(|_| bail!("a worker panicked")))
+    })?;
+    let mut files = Vec::with_capacity(n);
+    for p in &paths {
+        let f = File::open(p).map_err(|e| lmz::Error::io(p, e))?;
+        files.push((p.display().to_string(), f));
+    }
+    lmz::archive::merge::merge(files, &mut out)?;
+    tmp.commit(out)
 }

@@ -11,6 +11,8 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use crate::error::{Error, Result};
 
+pub mod part;
+
 pub const VERSION: u16 = 1;
 pub const HEADER_MAGIC: [u8; 8] = *b"\x89LMZ\r\n\x1a\n";
 pub const ENTRY_MAGIC: [u8; 4] = *b"LMZE";

@@ -206,6 +206,11 @@ impl PrimerState {
             .chain(t[..t.len().saturating_sub(1)].iter().copied())
             .collect()
     }
+
+    /// The length of [`Self::prefix`], without building it.
+    fn prefix_len(&self) -> usize {
+        self.tokens.as_ref().map_or(0, Vec::len).max(1)
+    }
 }
 
 impl<'m> Lockstep<'m> {
@@ -313,7 +318,7 @@ impl<'m> Lockstep<'m> {
             .ok_or_else(|| Error::usage("model-coded blocks need the archive's model"))?;
         self.decode_primer(model)?;
         // The primer's inputs take room in every sequence.
-        let tokens = tokens + self.primer.as_ref().map_or(0, |p| p.prefix(0).len());
+        let tokens = tokens + self.primer.as_ref().map_or(0, PrimerState::prefix_len);
         let mut need = self.width.min(jobs).max(1);
         if need > 1 && !model.lockstep_exact(self.width) {
             // A model whose kernels are not batch-invariant: one block at a time, so the

@@ -21,11 +21,27 @@ use crate::ModelArgs;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    #[arg(required = true)]
+    #[arg(required_unless_present = "suite")]
     files: Vec<PathBuf>,
-    /// Use only the first BYTES of each file.
+    /// Use only the first BYTES of each file; with `--suite paper`, the bytes measured per
+    /// modality (a multiple of 8192; default 32768, sized to finish within 30 minutes on 2
+    /// cores; larger limits are for GPUs).
     #[arg(long, value_name = "BYTES")]
     limit: Option<u64>,
+    /// Run a fixed suite instead of files: `paper` reproduces the experiments of "Language
+    /// Modeling Is Compression" on real text, images and speech (fetched and cached).
+    #[arg(long, value_enum, conflicts_with_all = ["files", "widths"])]
+    suite: Option<Suite>,
+    /// `--suite`: where results.json, results.md and the plots go.
+    #[arg(long, value_name = "DIR", default_value = "lmz-paper", requires = "suite")]
+    out: PathBuf,
+    /// `--suite`: seed of the chunk drawing (the same seed measures the same bytes).
+    #[arg(long, default_value_t = 0, requires = "suite")]
+    seed: u64,
+    /// `--suite`: the models to run (each through the engine `lmz pack` would use).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "suite",
+          default_values_t = crate::paper::SuiteModel::ALL)]
+    models: Vec<crate::paper::SuiteModel>,
     #[arg(long, default_value_t = 8192)]
     block_size: u32,
     /// Engines to measure, one after another in this run (e.g. `portable,llama`).
@@ -49,6 +65,12 @@ pub struct BenchArgs {
     ablation: bool,
     #[command(flatten)]
     m: ModelArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// The experiments of Delétang et al. (2023): text, images, speech in 2,048-byte chunks.
+    Paper,
 }
 
 /// `--widths`: pack/unpack W blocks at once for each W, against the model's raw speed.
@@ -314,7 +336,26 @@ fn baseline(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
 
 /// Measures each engine in turn. With `--json`, one document: one engine's results as they
 /// are, several engines' as `{"engines": [{"engine": NAME, "results": ...}, ...]}`.
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, show_progress: bool) -> Result<()> {
+    if let Some(Suite::Paper) = args.suite {
+        let command = std::iter::once("lmz".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let limit = args.limit.map_or(crate::paper::DEFAULT_LIMIT, |l| l as usize);
+        return crate::paper::run(
+            crate::paper::Options {
+                limit,
+                out: args.out.clone(),
+                seed: args.seed,
+                models: args.models.clone(),
+                json: args.json,
+                show_progress,
+                command,
+            },
+            &args.m,
+        );
+    }
     let mut docs = Vec::new();
     for (i, &e) in args.engine.iter().enumerate() {
         if args.engine.len() > 1 && !args.json {

@@ -9,6 +9,7 @@ mod merge;
 mod mount;
 mod output;
 mod pack;
+mod paper;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -182,7 +183,8 @@ enum Cmd {
         #[command(flatten)]
         m: ModelArgs,
     },
-    /// Compare lmz with xz -9 and zstd -19 on files: ratio, coder overhead, throughput.
+    /// Compare lmz with xz -9 and zstd -19 on files: ratio, coder overhead, throughput;
+    /// `--suite paper`: the experiments of "Language Modeling Is Compression" on real data.
     Bench(bench::BenchArgs),
     /// Mount an archive as a read-only file system (FUSE); blocks are decoded on demand.
     Mount(mount::MountArgs),
@@ -307,7 +309,7 @@ fn run(cli: Cli) -> Result<()> {
             m,
         } => cat(&archive, &path, offset, length, stats, &m),
         Cmd::Verify { archive, m } => verify(&archive, &m),
-        Cmd::Bench(args) => bench::run(args),
+        Cmd::Bench(args) => bench::run(args, show_progress),
         Cmd::Mount(args) => mount::run(args),
         Cmd::BenchMount(args) => mount::bench::run(args),
     }

@@ -184,7 +184,10 @@ pub fn markdown(rows: &[Row], header: &str) -> String {
          | compressor | text | image | audio |\n|---|---:|---:|---:|\n",
     );
     for n in &names {
-        if find(n, "text").is_some_and(|r| r.header_bytes.is_some()) {
+        if MODALITIES
+            .iter()
+            .any(|m| find(n, m).is_some_and(|r| r.header_bytes.is_some()))
+        {
             let c: Vec<String> = MODALITIES
                 .iter()
                 .map(|m| pct(find(n, m).and_then(|r| r.rate_header_once())))

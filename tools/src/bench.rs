@@ -33,7 +33,12 @@ pub struct BenchArgs {
     #[arg(long, value_enum, conflicts_with_all = ["files", "widths"])]
     suite: Option<Suite>,
     /// `--suite`: where results.json, results.md and the plots go.
-    #[arg(long, value_name = "DIR", default_value = "lmz-paper", requires = "suite")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "lmz-paper",
+        requires = "suite"
+    )]
     out: PathBuf,
     /// `--suite`: seed of the chunk drawing (the same seed measures the same bytes).
     #[arg(long, default_value_t = 0, requires = "suite")]
@@ -342,7 +347,9 @@ pub fn run(args: BenchArgs, show_progress: bool) -> Result<()> {
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" ");
-        let limit = args.limit.map_or(crate::paper::DEFAULT_LIMIT, |l| l as usize);
+        let limit = args
+            .limit
+            .map_or(crate::paper::DEFAULT_LIMIT, |l| l as usize);
         return crate::paper::run(
             crate::paper::Options {
                 limit,

@@ -13,7 +13,16 @@ static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn suite(out: &std::path::Path, extra: &[&str]) -> Value {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     run(lmz()
-        .args(["-q", "bench", "--suite", "paper", "--limit", "8192", "--threads", "2"])
+        .args([
+            "-q",
+            "bench",
+            "--suite",
+            "paper",
+            "--limit",
+            "8192",
+            "--threads",
+            "2",
+        ])
         .args(extra)
         .arg("--out")
         .arg(out));
@@ -32,9 +41,18 @@ fn paper_suite_writes_results_and_plots() {
     let v = suite(&out, &["--models", "order1,smollm2-135m"]);
     let rows = rows(&v);
     for m in ["text", "image", "audio"] {
-        for c in ["gzip", "lzma2", "png", "flac", "lmz-order1", "lmz-smollm2-135m", "lmz"] {
+        for c in [
+            "gzip",
+            "lzma2",
+            "png",
+            "flac",
+            "lmz-order1",
+            "lmz-smollm2-135m",
+            "lmz",
+        ] {
             assert!(
-                rows.iter().any(|r| r["modality"] == m && r["compressor"] == c),
+                rows.iter()
+                    .any(|r| r["modality"] == m && r["compressor"] == c),
                 "no {c} row for {m}"
             );
         }
@@ -56,7 +74,7 @@ fn paper_suite_writes_results_and_plots() {
         assert!((rate - comp / raw).abs() < 1e-12);
         let model = r["model_bytes"].as_f64().unwrap();
         assert!((adj - (comp + model) / raw).abs() < 1e-9);
-        assert!(r["chunk_bytes"].as_u64().is_some_and(|c| 8192 % c == 0));
+        assert!(r["chunk_bytes"].as_u64().is_some_and(|c| 8192u64.is_multiple_of(c)));
         assert_eq!(r["extrapolated_1gb"]["extrapolated"], true);
         if r["compressor"] == "lmz-smollm2-135m" {
             assert_eq!(model, 98_362_432.0);
@@ -72,7 +90,9 @@ fn paper_suite_writes_results_and_plots() {
     assert!(rate("lmz-smollm2-135m", "text") < rate("gzip", "text"));
     for p in ["rates.png", "adjusted.png", "chunk_size.png"] {
         let b = std::fs::read(out.join(p)).unwrap();
-        let mut r = png::Decoder::new(std::io::Cursor::new(b)).read_info().unwrap();
+        let mut r = png::Decoder::new(std::io::Cursor::new(b))
+            .read_info()
+            .unwrap();
         let mut buf = vec![0; r.output_buffer_size()];
         r.next_frame(&mut buf).unwrap();
         assert!(r.info().width >= 800, "{p}");
@@ -103,7 +123,9 @@ fn a_limit_below_one_unit_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let e = run_fail(
         lmz()
-            .args(["-q", "bench", "--suite", "paper", "--limit", "4096", "--models", "order1"])
+            .args([
+                "-q", "bench", "--suite", "paper", "--limit", "4096", "--models", "order1",
+            ])
             .arg("--out")
             .arg(t.path()),
         1,

@@ -23,7 +23,12 @@ pub enum Baseline {
 }
 
 impl Baseline {
-    pub const ALL: [Baseline; 4] = [Baseline::Gzip, Baseline::Lzma2, Baseline::Png, Baseline::Flac];
+    pub const ALL: [Baseline; 4] = [
+        Baseline::Gzip,
+        Baseline::Lzma2,
+        Baseline::Png,
+        Baseline::Flac,
+    ];
 
     /// The name in results.json.
     pub fn name(self) -> &'static str {
@@ -80,7 +85,10 @@ fn pipe(cmd: &str, args: &[&str], data: &[u8]) -> Result<usize> {
         .join()
         .map_err(|_| anyhow::anyhow!("{cmd}: writer thread panicked"))??;
     if !out.status.success() {
-        bail!("{cmd} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out.stdout.len())
 }
@@ -91,7 +99,7 @@ fn pipe(cmd: &str, args: &[&str], data: &[u8]) -> Result<usize> {
 fn image_shape(len: usize) -> (u32, u32) {
     if len == PATCH_ROWS * PATCH_COLS {
         (PATCH_COLS as u32, PATCH_ROWS as u32)
-    } else if len % PATCH_COLS == 0 {
+    } else if len.is_multiple_of(PATCH_COLS) {
         (PATCH_COLS as u32, (len / PATCH_COLS) as u32)
     } else {
         (len as u32, 1)
@@ -102,7 +110,10 @@ fn png_best(chunk: &[u8]) -> Result<usize> {
     let (w, h) = image_shape(chunk.len());
     let mut best = usize::MAX;
     let filters = [
-        (png::FilterType::NoFilter, png::AdaptiveFilterType::NonAdaptive),
+        (
+            png::FilterType::NoFilter,
+            png::AdaptiveFilterType::NonAdaptive,
+        ),
         (png::FilterType::Sub, png::AdaptiveFilterType::NonAdaptive),
         (png::FilterType::Up, png::AdaptiveFilterType::NonAdaptive),
         (png::FilterType::Avg, png::AdaptiveFilterType::NonAdaptive),

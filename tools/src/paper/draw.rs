@@ -94,7 +94,7 @@ pub fn draw(pool: &Pool, limit: usize, seed: u64) -> Result<Vec<Vec<u8>>> {
 
 /// The units cut into chunks of `size` bytes (a divisor of [`UNIT`]), in order.
 pub fn chunks(units: &[Vec<u8>], size: usize) -> Vec<&[u8]> {
-    debug_assert!(UNIT % size == 0);
+    debug_assert!(UNIT.is_multiple_of(size));
     units.iter().flat_map(|u| u.chunks(size)).collect()
 }
 

@@ -239,7 +239,11 @@ pub fn run(opts: Options, template: &ModelArgs) -> Result<()> {
     }
 
     // lmz's models: the slow part, under a progress bar.
-    let mut work: u64 = opts.models.iter().map(|&m| lm_jobs(m).len() as u64 * per).sum();
+    let mut work: u64 = opts
+        .models
+        .iter()
+        .map(|&m| lm_jobs(m).len() as u64 * per)
+        .sum();
     if opts.models.contains(&SuiteModel::Smollm2) {
         work += 3 * per;
     }
@@ -357,7 +361,10 @@ pub fn run(opts: Options, template: &ModelArgs) -> Result<()> {
         seconds / 60.0,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         sets.iter()
-            .map(|d| format!("{}: {} (drawn from {} bytes)", d.modality, d.name, d.pool_bytes))
+            .map(|d| format!(
+                "{}: {} (drawn from {} bytes)",
+                d.modality, d.name, d.pool_bytes
+            ))
             .collect::<Vec<_>>()
             .join("; ")
     );
@@ -376,9 +383,10 @@ pub fn run(opts: Options, template: &ModelArgs) -> Result<()> {
                 b["rate"].as_f64().unwrap_or(0.0) * 100.0,
                 b["baseline"].as_str().unwrap_or(""),
                 b["baseline_rate"].as_f64().unwrap_or(0.0) * 100.0,
-                b["break_even_bytes"]
-                    .as_f64()
-                    .map_or("never (its rate is not lower)".into(), |d| format!("{:.0} MB", d / 1e6)),
+                b["break_even_bytes"].as_f64().map_or(
+                    "never (its rate is not lower)".into(),
+                    |d| format!("{:.0} MB", d / 1e6)
+                ),
             ));
         }
     }
@@ -409,7 +417,12 @@ pub fn run(opts: Options, template: &ModelArgs) -> Result<()> {
         println!("{text}");
     } else {
         println!("{md}");
-        println!("Written: {}, {} and {} plots", jp.display(), mp.display(), plots.len());
+        println!(
+            "Written: {}, {} and {} plots",
+            jp.display(),
+            mp.display(),
+            plots.len()
+        );
     }
     Ok(())
 }
@@ -423,7 +436,9 @@ fn break_evens(rows: &[Row]) -> Vec<serde_json::Value> {
     }) {
         let best = rows
             .iter()
-            .filter(|b| b.modality == r.modality && b.chunk_bytes == CHUNK && b.header_bytes.is_some())
+            .filter(|b| {
+                b.modality == r.modality && b.chunk_bytes == CHUNK && b.header_bytes.is_some()
+            })
             .min_by(|a, b| a.rate().total_cmp(&b.rate()));
         if let Some(b) = best {
             out.push(json!({

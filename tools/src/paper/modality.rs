@@ -81,7 +81,10 @@ pub fn grayscale_png(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
         png::ColorType::Rgba => 4,
         png::ColorType::Indexed => bail!("palette left unexpanded"),
     };
-    ensure!(info.bit_depth == png::BitDepth::Eight, "not 8 bits after expansion");
+    ensure!(
+        info.bit_depth == png::BitDepth::Eight,
+        "not 8 bits after expansion"
+    );
     let line = info.line_size;
     let mut gray = Vec::with_capacity(w * h);
     for row in buf[..line * h].chunks(line) {
@@ -152,7 +155,12 @@ pub fn wav_pcm16_mono(b: &[u8]) -> Result<Vec<i16>> {
         match id {
             b"fmt " => {
                 ensure!(len >= 16 && end.is_some(), "truncated fmt chunk");
-                fmt = Some((u16le(body), u16le(body + 2), u32le(body + 4), u16le(body + 14)));
+                fmt = Some((
+                    u16le(body),
+                    u16le(body + 2),
+                    u32le(body + 4),
+                    u16le(body + 14),
+                ));
             }
             b"data" => {
                 let Some((format, channels, rate, bits)) = fmt else {

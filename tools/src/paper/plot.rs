@@ -118,7 +118,8 @@ fn rates_plot(rows: &[Row], path: &Path) -> Result<()> {
         .iter()
         .flat_map(|(_, v)| v.iter().flatten())
         .fold(1.0f64, |a, &b| a.max(b))
-        * 1.05;
+        // Headroom for the legend above the bars.
+        * 1.45;
     let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -144,7 +145,11 @@ fn rates_plot(rows: &[Row], path: &Path) -> Result<()> {
     // ranges).
     chart
         .draw_series(MODALITIES.iter().enumerate().map(|(i, m)| {
-            Text::new(m.to_string(), (i as f64 + 0.4, top * 0.97), ("sans-serif", 22))
+            Text::new(
+                m.to_string(),
+                (i as f64 + 0.4, top * 0.72),
+                ("sans-serif", 22),
+            )
         }))
         .map_err(err)?;
     let k = series.len() as f64;
@@ -191,7 +196,12 @@ fn adjusted_plot(rows: &[Row], path: &Path) -> Result<()> {
         ))
         .map_err(err)?;
     let panels = body.split_evenly((1, 3));
-    let sizes = [(1e6, "1 MB"), (1e7, "10 MB"), (1e8, "100 MB"), (1e9, "1 GB")];
+    let sizes = [
+        (1e6, "1 MB"),
+        (1e7, "10 MB"),
+        (1e8, "100 MB"),
+        (1e9, "1 GB"),
+    ];
     for (pi, m) in MODALITIES.iter().enumerate() {
         let lms: Vec<&Row> = rows
             .iter()
@@ -211,11 +221,12 @@ fn adjusted_plot(rows: &[Row], path: &Path) -> Result<()> {
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d((3e7f64..1e9f64).log_scale(), (0.05f64..200f64).log_scale())
+            .build_cartesian_2d((5e7f64..5e8f64).log_scale(), (0.05f64..400f64).log_scale())
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc("model file (bytes)")
+            .x_labels(4)
+            .x_desc("model file")
             .y_desc("adjusted rate")
             .x_label_formatter(&|x| format!("{:.0} MB", x / 1e6))
             .y_label_formatter(&|y| format!("{}%", y * 100.0))
@@ -238,7 +249,9 @@ fn adjusted_plot(rows: &[Row], path: &Path) -> Result<()> {
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
                 .map_err(err)?
                 .label(format!("{label} of data"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                });
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
                 .map_err(err)?;
@@ -247,11 +260,15 @@ fn adjusted_plot(rows: &[Row], path: &Path) -> Result<()> {
             let y = b.rate();
             chart
                 .draw_series(LineSeries::new(
-                    vec![(3e7, y), (1e9, y)],
+                    vec![(5e7, y), (5e8, y)],
                     BLACK.stroke_width(1),
                 ))
                 .map_err(err)?
-                .label(format!("best classical: {} {:.1}%", b.compressor, y * 100.0))
+                .label(format!(
+                    "best classical: {} {:.1}%",
+                    b.compressor,
+                    y * 100.0
+                ))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
         }
         for r in &lms {

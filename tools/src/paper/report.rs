@@ -148,7 +148,10 @@ pub fn markdown(rows: &[Row], header: &str) -> String {
             names.push(&r.compressor);
         }
     }
-    let find = |name: &str, m: &str| main.iter().find(|r| r.compressor == name && r.modality == m);
+    let find = |name: &str, m: &str| {
+        main.iter()
+            .find(|r| r.compressor == name && r.modality == m)
+    };
     s.push_str(
         "\n### Raw compression rate (compressed / raw), chunks of 2,048 bytes\n\n\
          | compressor | text | image | audio | paper: image | paper: audio |\n\
@@ -234,8 +237,17 @@ pub fn markdown(rows: &[Row], header: &str) -> String {
             .collect();
         s.push_str(&format!(
             "| {n} | {} | {} | {} | {} | {} | {} | {} |\n",
-            if any.model_bytes == 0 { "–".to_string() } else { format!("{:.1} MB", any.model_bytes as f64 / 1e6) },
-            meas[0], meas[1], meas[2], ext[0], ext[1], ext[2]
+            if any.model_bytes == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.1} MB", any.model_bytes as f64 / 1e6)
+            },
+            meas[0],
+            meas[1],
+            meas[2],
+            ext[0],
+            ext[1],
+            ext[2]
         ));
     }
     let sweep: Vec<&Row> = rows.iter().filter(|r| r.modality == "text").collect();

@@ -24,8 +24,8 @@ pub struct BenchArgs {
     #[arg(required_unless_present = "suite")]
     files: Vec<PathBuf>,
     /// Use only the first BYTES of each file; with `--suite paper`, the bytes measured per
-    /// modality (a multiple of 8192; default 32768, sized to finish within 30 minutes on 2
-    /// cores; larger limits are for GPUs).
+    /// modality (a multiple of 8192; default 8192, the smallest; larger limits are for
+    /// GPUs).
     #[arg(long, value_name = "BYTES")]
     limit: Option<u64>,
     /// Run a fixed suite instead of files: `paper` reproduces the experiments of "Language

@@ -74,7 +74,9 @@ fn paper_suite_writes_results_and_plots() {
         assert!((rate - comp / raw).abs() < 1e-12);
         let model = r["model_bytes"].as_f64().unwrap();
         assert!((adj - (comp + model) / raw).abs() < 1e-9);
-        assert!(r["chunk_bytes"].as_u64().is_some_and(|c| 8192u64.is_multiple_of(c)));
+        assert!(r["chunk_bytes"]
+            .as_u64()
+            .is_some_and(|c| 8192u64.is_multiple_of(c)));
         assert_eq!(r["extrapolated_1gb"]["extrapolated"], true);
         if r["compressor"] == "lmz-smollm2-135m" {
             assert_eq!(model, 98_362_432.0);

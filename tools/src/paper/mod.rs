@@ -31,12 +31,11 @@ use draw::{CHUNK, UNIT};
 use lm::Mapping;
 use report::Row;
 
-/// Bytes per modality when `--limit` is not given: the smallest the suite measures (four
-/// 2,048-byte chunks). Measured on a shared 2-core machine (README): order-1, the baselines
-/// and SmolLM2 take about 7–15 minutes at this size, but Gemma 3 270M, coded one block and
-/// one token per step through llama.cpp on a CPU, took more than 45 minutes, so even this
-/// size overruns 30 minutes with every model (`--models order1,smollm2-135m` fits).
-pub const DEFAULT_LIMIT: usize = 8 * 1024;
+/// Bytes per modality when `--limit` is not given: two units of 8,192 bytes (eight
+/// 2,048-byte chunks) per modality. Measured on a quiet 2-core machine (README): every model
+/// at 8,192 bytes took 7.6 minutes, Gemma 3 270M (llama.cpp, one token per step) most of it,
+/// so twice that leaves room inside 30 minutes for a machine that is not quiet.
+pub const DEFAULT_LIMIT: usize = 16 * 1024;
 
 /// Chunk sizes of the text sweep (the main table's is [`CHUNK`]).
 pub const SWEEP: [usize; 5] = [512, 1024, 2048, 4096, 8192];

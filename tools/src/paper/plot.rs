@@ -144,7 +144,10 @@ fn rates_plot(rows: &[Row], path: &Path) -> Result<()> {
         .x_label_formatter(&|x| {
             let g = x - 0.5;
             if g >= 0.0 && g.fract().abs() < 1e-9 {
-                MODALITIES.get(g as usize).map(|m| m.to_string()).unwrap_or_default()
+                MODALITIES
+                    .get(g as usize)
+                    .map(|m| m.to_string())
+                    .unwrap_or_default()
             } else {
                 String::new()
             }

@@ -1006,6 +1006,7 @@ mod tests {
                 engine_version: format!("{} engine", self.machine),
                 cpu_features: format!("{} cpu", self.machine),
                 primer: None,
+                framing: crate::format::Framing::Classic,
                 ..self.inner.header(block_size)
             }
         }
@@ -1146,6 +1147,7 @@ mod tests {
             block_size: 1024,
             width: 2,
             zstd_level: 19,
+            ..WriterOptions::default()
         };
         let mut w = Writer::new(Vec::new(), Some(&writer), opts).unwrap();
         w.add_file(b"t", Meta::default(), text.len() as u64, &mut &text[..])

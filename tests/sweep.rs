@@ -8,7 +8,7 @@ use lmz::archive::extract::{ExtractOptions, Extractor};
 use lmz::archive::merge::merge;
 use lmz::archive::stream::extract_stream;
 use lmz::archive::{Archive, Meta, Shard, Writer, WriterOptions};
-use lmz::format::ModelKind;
+use lmz::format::{Framing, ModelKind};
 use lmz::model::order1::Order1;
 use lmz::model::Model;
 
@@ -18,17 +18,18 @@ type Files = Vec<(Vec<u8>, Vec<u8>)>;
 /// A small archive with several blocks (model-coded, zstd and stored) and entries; with
 /// `primer`, under context policy 2 (the first 200 bytes of its text as the archive primer,
 /// FORMAT.md §12.8), so flips in the primer's bytes are swept too.
-fn reference(primer: bool) -> (Vec<u8>, Files) {
-    reference_as(primer, None)
+fn reference(primer: bool, framing: Framing) -> (Vec<u8>, Files) {
+    reference_as(primer, framing, None)
 }
 
 /// [`reference`], or shard `shard`'s part of it (of 3).
-fn reference_as(primer: bool, shard: Option<u32>) -> (Vec<u8>, Files) {
+fn reference_as(primer: bool, framing: Framing, shard: Option<u32>) -> (Vec<u8>, Files) {
     let m = Order1::new(512);
     let opts = WriterOptions {
         block_size: 512,
         width: 2,
         zstd_level: 3,
+        framing,
     };
     let meta = Meta {
         mode: 0o644,
@@ -149,16 +150,24 @@ fn tally(c: &mut Counts, r: Result<bool, lmz::Error>, t: Duration, what: &str) {
 
 #[test]
 fn every_flip_and_truncation_is_rejected_or_exact() {
-    sweep(false);
+    sweep(false, Framing::Classic);
 }
 
 #[test]
 fn every_flip_and_truncation_of_a_primed_archive_is_rejected_or_exact() {
-    sweep(true);
+    sweep(true, Framing::Classic);
 }
 
-fn sweep(primer: bool) {
-    let (orig, files) = reference(primer);
+/// The compact framing (FORMAT.md §7.1, §8.1): varint headers, one CRC over each block
+/// record, index rows without offsets.
+#[test]
+fn every_flip_and_truncation_of_a_compact_archive_is_rejected_or_exact() {
+    sweep(false, Framing::Compact);
+}
+
+fn sweep(primer: bool, framing: Framing) {
+    let (orig, files) = reference(primer, framing);
+    assert_eq!(Archive::from_bytes(orig.clone()).unwrap().framing(), framing);
     assert_eq!(
         Archive::from_bytes(orig.clone())
             .unwrap()
@@ -217,7 +226,7 @@ fn sweep(primer: bool) {
     assert!(random_access(&b, &files).is_err());
     assert!(stream(&b, &files).is_err());
     println!(
-        "corruption sweep over {} bytes (primer: {primer}): random access {:?}; stream {:?}; panics = 0",
+        "corruption sweep over {} bytes (primer: {primer}, {framing:?}): random access {:?}; stream {:?}; panics = 0",
         orig.len(),
         ra,
         st
@@ -250,8 +259,20 @@ fn merged(parts: &[Vec<u8>], want: &[u8]) -> Result<bool, lmz::Error> {
 /// a CRC or checked against the others).
 #[test]
 fn every_flip_and_truncation_of_a_part_is_refused() {
-    let (single, _) = reference(true);
-    let parts: Vec<Vec<u8>> = (0..3).map(|k| reference_as(true, Some(k)).0).collect();
+    part_sweep(Framing::Classic);
+}
+
+/// Parts of a compact archive: their records and index rows are compact too.
+#[test]
+fn every_flip_and_truncation_of_a_compact_part_is_refused() {
+    part_sweep(Framing::Compact);
+}
+
+fn part_sweep(framing: Framing) {
+    let (single, _) = reference(true, framing);
+    let parts: Vec<Vec<u8>> = (0..3)
+        .map(|k| reference_as(true, framing, Some(k)).0)
+        .collect();
     assert!(merged(&parts, &single).unwrap());
     let mut c = Counts::default();
     let mut bytes = 0;
@@ -288,7 +309,7 @@ fn every_flip_and_truncation_of_a_part_is_refused() {
         set[k].push(0);
         assert!(merged(&set, &single).is_err());
     }
-    println!("part sweep over {bytes} bytes of 3 parts: {c:?}; panics = 0");
+    println!("part sweep over {bytes} bytes of 3 parts ({framing:?}): {c:?}; panics = 0");
     assert_eq!(c.wrong, 0);
     assert_eq!(c.exact, 0, "every byte of a part is covered by a check");
     assert_eq!(c.rejected, c.cases);

@@ -24,7 +24,7 @@ use lmz::archive::extract::{ExtractOptions, Extractor};
 use lmz::archive::stream::{extract_stream, StreamStats};
 use lmz::archive::{Archive, Meta, Writer, WriterOptions};
 use lmz::format::{
-    BlockHeader, Codec, Entry, EntryKind, Footer, Header, Index, ModelKind, FOOTER_LEN,
+    BlockHeader, Codec, Entry, EntryKind, Footer, Framing, Header, Index, ModelKind, FOOTER_LEN,
 };
 use lmz::model::fetch::{hash_file, ModelFile};
 use lmz::model::order1::Order1;
@@ -139,6 +139,7 @@ struct WriterVector {
     inputs: Vec<Input>,
     /// The archive primer's tokens (context policy 2), if any.
     primer: Option<Vec<u32>>,
+    framing: Framing,
 }
 
 /// `basic`: no model; a directory tree with every entry kind, zstd and stored blocks, small
@@ -150,6 +151,7 @@ fn basic() -> WriterVector {
         block_size: 512,
         width: 1,
         primer: None,
+        framing: Framing::Classic,
         inputs: vec![
             input("docs", Item::Dir, meta(0o755, 1_700_000_000, 0)),
             input(
@@ -202,6 +204,7 @@ fn order1() -> WriterVector {
         block_size: 1024,
         width: 2,
         primer: None,
+        framing: Framing::Classic,
         inputs: vec![
             input(
                 "a.txt",
@@ -247,6 +250,7 @@ fn empty() -> WriterVector {
         block_size: 8192,
         width: 1,
         primer: None,
+        framing: Framing::Classic,
         inputs: Vec::new(),
     }
 }
@@ -260,6 +264,35 @@ fn order1_primer() -> WriterVector {
     v
 }
 
+/// `basic-compact`: `basic`'s inputs in the compact framing (FORMAT.md §7.1, §8.1).
+fn basic_compact() -> WriterVector {
+    WriterVector {
+        name: "basic-compact",
+        framing: Framing::Compact,
+        ..basic()
+    }
+}
+
+/// `order1-compact`: `order1`'s inputs in the compact framing, in the canonical order.
+fn order1_compact() -> WriterVector {
+    WriterVector {
+        name: "order1-compact",
+        framing: Framing::Compact,
+        width: 1,
+        ..order1()
+    }
+}
+
+/// `order1-primer-compact`: `order1-primer` in the compact framing.
+fn order1_primer_compact() -> WriterVector {
+    WriterVector {
+        name: "order1-primer-compact",
+        framing: Framing::Compact,
+        width: 1,
+        ..order1_primer()
+    }
+}
+
 fn write_archive(v: &WriterVector) -> Vec<u8> {
     let model: Option<Box<dyn Model>> = match v.engine {
         Engine::None => None,
@@ -269,6 +302,7 @@ fn write_archive(v: &WriterVector) -> Vec<u8> {
         block_size: v.block_size,
         width: v.width,
         zstd_level: 19,
+        framing: v.framing,
     };
     let mut w = Writer::with_primer(Vec::new(), model.as_deref(), opts, v.primer.as_deref())
         .expect("writer");
@@ -654,6 +688,7 @@ struct MEntry {
 }
 
 struct Manifest {
+    framing: Framing,
     model: ModelKind,
     block_size: u32,
     max_block_tokens: u32,
@@ -710,6 +745,11 @@ impl Manifest {
     fn to_json(&self) -> String {
         let mut s = String::new();
         s.push_str("{\n  \"format_version\": 1,\n");
+        // Listed only for compact archives, so the manifests of classic vectors are as
+        // they were before the compact framing existed.
+        if self.framing == Framing::Compact {
+            s.push_str("  \"framing\": \"compact\",\n");
+        }
         let _ = writeln!(s, "  \"model\": \"{}\",", model_name(self.model));
         let _ = writeln!(s, "  \"block_size\": {},", self.block_size);
         let _ = writeln!(s, "  \"max_block_tokens\": {},", self.max_block_tokens);
@@ -809,6 +849,7 @@ fn manifest_from_inputs(bytes: &[u8], inputs: &[Input]) -> Manifest {
         .collect();
     let h = a.header();
     Manifest {
+        framing: h.framing,
         model: h.pin.kind,
         block_size: h.block_size,
         max_block_tokens: h.pin.max_block_tokens,
@@ -876,6 +917,7 @@ fn manifest_from_archive(path: &Path) -> Manifest {
         .collect();
     let h = a.header();
     Manifest {
+        framing: h.framing,
         model: h.pin.kind,
         block_size: h.block_size,
         max_block_tokens: h.pin.max_block_tokens,
@@ -910,6 +952,109 @@ impl Rec {
             Rec::Entry(b) | Rec::Block(b) | Rec::Junk(b) => b,
         }
     }
+}
+
+fn get16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// Minimal LEB128 of `v` (FORMAT.md §7.1).
+fn leb(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+/// A LEB128 varint at `b[at..]`, read leniently (any length, non-minimal accepted): its
+/// value and the position after it. For taking apart records a vector damages.
+fn lenient_varint(b: &[u8], at: usize) -> (u64, usize) {
+    let (mut v, mut i) = (0u64, at);
+    loop {
+        let c = b[i];
+        if i - at < 9 {
+            v |= ((c & 0x7F) as u64) << (7 * (i - at));
+        }
+        i += 1;
+        if c & 0x80 == 0 {
+            return (v, i);
+        }
+    }
+}
+
+/// A compact block record taken apart (FORMAT.md §7.1), each varint as its bytes, so that
+/// a vector can change one and [`CompactRec::encode`] recomputes the record CRC.
+#[derive(Clone)]
+struct CompactRec {
+    codec: u8,
+    /// `plain_len`, `coded_len` and (model blocks) `tokens`, as encoded.
+    fields: Vec<Vec<u8>>,
+    plain_crc: u32,
+    payload: Vec<u8>,
+    /// Bytes after the payload (none in a valid record).
+    extra: Vec<u8>,
+}
+
+impl CompactRec {
+    fn parse(b: &[u8]) -> CompactRec {
+        let n = if b[0] == 2 { 3 } else { 2 };
+        let mut pos = 1;
+        let mut fields = Vec::new();
+        for _ in 0..n {
+            let (_, end) = lenient_varint(b, pos);
+            fields.push(b[pos..end].to_vec());
+            pos = end;
+        }
+        let coded = lenient_varint(&fields[1], 0).0 as usize;
+        let start = pos + 8;
+        let end = (start + coded).min(b.len());
+        CompactRec {
+            codec: b[0],
+            fields,
+            plain_crc: get32(b, pos),
+            payload: b[start..end].to_vec(),
+            extra: b[end..].to_vec(),
+        }
+    }
+
+    fn plain_len(&self) -> u32 {
+        lenient_varint(&self.fields[0], 0).0 as u32
+    }
+
+    fn set(&mut self, field: usize, v: u64) {
+        self.fields[field] = leb(v);
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut b = vec![self.codec];
+        for f in &self.fields {
+            b.extend_from_slice(f);
+        }
+        b.extend_from_slice(&self.plain_crc.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&b);
+        h.update(&self.payload);
+        b.extend_from_slice(&h.finalize().to_le_bytes());
+        b.extend_from_slice(&self.payload);
+        b.extend_from_slice(&self.extra);
+        b
+    }
+}
+
+/// Where each compact index row (its two varints) lies in index `ix`.
+fn compact_rows(ix: &[u8]) -> Vec<(usize, usize)> {
+    let (ne, nb) = (get64(ix, 8) as usize, get64(ix, 16) as usize);
+    let mut pos = 24 + 8 * ne;
+    (0..nb)
+        .map(|_| {
+            let start = pos;
+            pos = lenient_varint(ix, lenient_varint(ix, pos).1).1;
+            (start, pos)
+        })
+        .collect()
 }
 
 fn get32(b: &[u8], at: usize) -> u32 {
@@ -967,20 +1112,34 @@ struct Raw {
 
 impl Raw {
     fn parse(b: &[u8]) -> Raw {
-        let (_, hlen) = Header::decode(b).expect("valid base");
+        let (h, hlen) = Header::decode(b).expect("valid base");
         let n = b.len();
         let f = Footer::decode(&b[n - FOOTER_LEN..], n as u64).expect("footer");
         let io = f.index_offset as usize;
-        let ix = Index::decode(&b[io..n - FOOTER_LEN], f.index_offset).expect("index");
+        let mut ix = Index::decode_framed(&b[io..n - FOOTER_LEN], f.index_offset, h.framing)
+            .expect("index");
         let mut spans: Vec<(usize, Rec)> = Vec::new();
+        let mut lens = Vec::new();
         for &o in &ix.entries {
             let o = o as usize;
             let len = Entry::peek_len(&b[o..], o as u64).expect("entry");
+            lens.push(len as u64);
             spans.push((o, Rec::Entry(b[o..o + len].to_vec())));
+        }
+        if h.framing == Framing::Compact {
+            let none = vec![None; lens.len()];
+            lmz::format::compact::place_blocks(
+                &mut ix,
+                &lens,
+                &none,
+                hlen as u64..f.index_offset,
+                h.block_size,
+            )
+            .expect("tiling");
         }
         for r in &ix.blocks {
             let o = r.offset as usize;
-            spans.push((o, Rec::Block(b[o..o + 32 + r.coded_len as usize].to_vec())));
+            spans.push((o, Rec::Block(b[o..o + r.record_len as usize].to_vec())));
         }
         spans.sort_by_key(|s| s.0);
         let mut pos = hlen;
@@ -995,8 +1154,18 @@ impl Raw {
         }
     }
 
+    /// The framing the header's flags name (bit 1), so that edited headers keep theirs.
+    fn framing(&self) -> Framing {
+        if self.header.len() >= 12 && get16(&self.header, 10) & 2 != 0 {
+            Framing::Compact
+        } else {
+            Framing::Classic
+        }
+    }
+
     /// Header, records, then an index listing every entry and block record, and the footer.
     fn assemble(&self) -> Vec<u8> {
+        let framing = self.framing();
         let mut out = self.header.clone();
         let mut index = Index::default();
         for r in &self.recs {
@@ -1004,14 +1173,17 @@ impl Raw {
                 Rec::Entry(_) => index.entries.push(out.len() as u64),
                 Rec::Block(b) => index.blocks.push(lmz::format::BlockRef {
                     offset: out.len() as u64,
-                    plain_len: get32(b, 8),
-                    coded_len: get32(b, 12),
+                    plain_len: match framing {
+                        Framing::Classic => get32(b, 8),
+                        Framing::Compact => CompactRec::parse(b).plain_len(),
+                    },
+                    record_len: b.len() as u32,
                 }),
                 Rec::Junk(_) => {}
             }
             out.extend_from_slice(r.bytes());
         }
-        let ib = index.encode();
+        let ib = index.encode_framed(framing);
         let f = Footer {
             index_offset: out.len() as u64,
             index_len: ib.len() as u64,
@@ -1071,6 +1243,15 @@ impl Raw {
         let b = self.recs[i].bytes_mut();
         f(b);
         fix_block_crc(b);
+        self
+    }
+
+    /// Changes compact block record `n` (its record CRC recomputed).
+    fn edit_compact(mut self, n: usize, f: impl FnOnce(&mut CompactRec)) -> Raw {
+        let i = self.block_pos(n);
+        let mut c = CompactRec::parse(self.recs[i].bytes());
+        f(&mut c);
+        self.recs[i] = Rec::Block(c.encode());
         self
     }
 
@@ -1222,6 +1403,8 @@ struct Bases {
     order1: Raw,
     portable: Raw,
     primer: Raw,
+    basic_compact: Raw,
+    order1_compact: Raw,
 }
 
 /// Which valid vector an invalid one is derived from.
@@ -1233,6 +1416,10 @@ enum Base {
     Portable,
     /// `order1-primer`.
     Primer,
+    /// `basic-compact`.
+    BasicCompact,
+    /// `order1-compact`.
+    Order1Compact,
     Nothing,
 }
 
@@ -1857,6 +2044,108 @@ fn invalid_vectors() -> Vec<Invalid> {
                 let p = k[32..].to_vec();
                 set_payload(k, &p[..p.len() / 2]);
             }).assemble() },
+        // --- Compact framing (FORMAT.md §7.1, §8.1) --------------------------------------
+        bad! { "compact-unknown-flag", BasicCompact, "header flags = 0x0003 (bit 0 is not defined)",
+            Unsupported @ Open, "header flags", "header flags",
+            |r| r.patch_header(|h| put16(h, 10, 3)).assemble() },
+        bad! { "compact-non-minimal-varint", BasicCompact,
+            "block 0: plain_len 400 written in three bytes (90 83 00) instead of two (record CRC fixed, the index row counts the byte)",
+            Corrupt @ Decode, "non-minimal varint", "non-minimal varint",
+            |r| r.edit_compact(0, |c| c.fields[0] = vec![0x90, 0x83, 0x00]).assemble() },
+        bad! { "compact-varint-overflow", BasicCompact,
+            "block 0: coded_len is the 5-byte varint FF FF FF FF 1F, above 2^32 − 1 (record CRC fixed)",
+            Corrupt @ Decode, "varint above 2^32 - 1", "varint above 2^32 - 1",
+            |r| r.edit_compact(0, |c| c.fields[1] = vec![0xFF, 0xFF, 0xFF, 0xFF, 0x1F]).assemble() },
+        bad! { "compact-varint-too-long", BasicCompact,
+            "block 0: coded_len is a 6-byte varint (80 80 80 80 80 00; record CRC fixed)",
+            Corrupt @ Decode, "varint longer than 5 bytes", "varint longer than 5 bytes",
+            |r| r.edit_compact(0, |c| c.fields[1] = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x00]).assemble() },
+        bad! { "compact-row-record-len", BasicCompact,
+            "block 0: a byte 0x00 after its payload, counted by its index row's record_len but not by its coded_len (record CRC over header and payload holds)",
+            Corrupt @ Decode, "header disagrees with the index", "stored block with coded length",
+            |r| r.edit_compact(0, |c| c.extra = vec![0]).assemble() },
+        bad! { "compact-row-plain-len", BasicCompact,
+            "index row of the last block (3): plain_len one more than its block header's (188 → 189)",
+            Corrupt @ Decode, "header disagrees with the index", "the index does not describe",
+            |r| patch_index(r.assemble(), |ix| {
+                let (start, end) = compact_rows(ix)[3];
+                let (len, at) = lenient_varint(ix, start);
+                let (plain, _) = lenient_varint(ix, at);
+                let mut row = leb(len);
+                row.extend(leb(plain + 1));
+                ix.splice(start..end, row);
+            }) },
+        bad! { "compact-index-rows-short", BasicCompact,
+            "index block_count one more than its rows (the rows run out before the CRC)",
+            Corrupt @ Open, "truncated varint", "truncated varint",
+            |r| patch_index(r.assemble(), |ix| {
+                let nb = get64(ix, 16);
+                put64(ix, 16, nb + 1);
+            }) },
+        bad! { "compact-index-trailing-bytes", BasicCompact,
+            "a byte 0x00 after the index's last block row (index_len and the footer count it)",
+            Corrupt @ Open, "bytes after the index's last block row", "index CRC32 mismatch",
+            |r| patch_index(r.assemble(), |ix| {
+                let n = ix.len();
+                ix.insert(n - 4, 0);
+            }) },
+        bad! { "compact-record-crc", BasicCompact, "block 0: record CRC32 wrong",
+            Corrupt @ Decode, "record CRC32 mismatch", "record CRC32 mismatch",
+            |mut r| {
+                let i = r.block_pos(0);
+                let b = r.recs[i].bytes_mut();
+                let at = CompactRec::parse(b).fields.iter().map(Vec::len).sum::<usize>() + 1 + 4;
+                b[at] ^= 0x01;
+                r.assemble()
+            } },
+        bad! { "compact-payload-damaged", BasicCompact,
+            "block 0: a payload byte changed, record CRC not (the record CRC covers the payload)",
+            Corrupt @ Decode, "record CRC32 mismatch", "record CRC32 mismatch",
+            |mut r| {
+                let i = r.block_pos(0);
+                let b = r.recs[i].bytes_mut();
+                let n = b.len();
+                b[n - 10] ^= 0x01;
+                r.assemble()
+            } },
+        bad! { "compact-plain-crc", BasicCompact,
+            "block 0: plain_crc wrong (record CRC fixed: the structure is valid; found when decoding)",
+            BlockCrc @ Decode, "decoded to bytes whose CRC32", "decoded to bytes whose CRC32",
+            |r| r.edit_compact(0, |c| c.plain_crc ^= 1).assemble() },
+        bad! { "compact-unknown-codec", BasicCompact, "block 0: codec 3 (record CRC fixed)",
+            Unsupported @ Decode, "block codec 3", "block codec 3",
+            |r| r.edit_compact(0, |c| c.codec = 3).assemble() },
+        bad! { "compact-tokens-long", Order1Compact,
+            "model block 0: tokens = plain_len + 1 (record CRC fixed)",
+            Corrupt @ Decode, "token count", "token count",
+            |r| r.edit_compact(0, |c| {
+                let p = c.plain_len() as u64;
+                c.set(2, p + 1);
+            }).assemble() },
+        bad! { "compact-tokens-zero", Order1Compact,
+            "model block 0: tokens = 0 (record CRC fixed)",
+            Corrupt @ Decode, "token count 0", "token count 0",
+            |r| r.edit_compact(0, |c| c.set(2, 0)).assemble() },
+        bad! { "compact-tokens-on-stored-block", BasicCompact,
+            "stored block 1 written with a tokens varint (1) as if it were a model block: the reader takes it as plain_crc's first byte",
+            Corrupt @ Decode, "header disagrees with the index", "record CRC32 mismatch",
+            |r| r.edit_compact(1, |c| c.fields.push(vec![1])).assemble() },
+        bad! { "compact-classic-block", BasicCompact,
+            "block 1 (stored) written as a classic record (`LMZB`, 32-byte header) in a compact archive; its index row counts it",
+            Corrupt @ Decode, "classic block record", "unknown record magic",
+            |mut r| {
+                let i = r.block_pos(1);
+                let plain = CompactRec::parse(r.recs[i].bytes()).payload;
+                let rec = stored_block(&plain);
+                let len = rec.len() as u64;
+                r.recs[i] = Rec::Block(rec);
+                patch_index(r.assemble(), |ix| {
+                    let (start, end) = compact_rows(ix)[1];
+                    let mut row = leb(len);
+                    row.extend(leb(plain.len() as u64));
+                    ix.splice(start..end, row);
+                })
+            } },
     ]
 }
 
@@ -1892,9 +2181,20 @@ fn valid_vectors() -> Vec<ValidOut> {
         ("basic", "No model. Directories, files, an empty file, a symlink and a hard link; two small files share zstd block 0, a random file is stored block 1, a 700-byte file spans zstd blocks 2–3 (block_size 512). Written with width 1, so block records interleave with entry records."),
         ("order1", "Order-1 model. Model-coded blocks 0–3 (two small files share block 0; `dir/big.txt` spans blocks 1–3, whose tail `dir/c.txt` shares), zstd block 4 (a repeated phrase), stored block 5 (random bytes); a negative mtime. Its records lie as lmz 0.1.0 wrote them with width 2 (entry records at once, block records two at a time, so `b.txt`, `dir` and `dir/big.txt` precede block 0); lmz now places each block where it is sealed whatever the width (FORMAT.md §14), as in `basic`. Readers accept both (§10.4)."),
         ("empty", "No model, no entries, no blocks: header, an index with no rows, footer."),
+        ("basic-compact", "`basic`'s entries and blocks in the compact framing (header flag bit 1, FORMAT.md §7.1, §8.1): each block record is a codec byte, varint lengths and two CRCs (zstd blocks 0, 2, 3 and stored block 1, interleaved with entry records), and the index rows hold no offsets, only each record's length and plain length: the blocks are placed by the tiling."),
+        ("order1-compact", "`order1`'s entries and blocks in the compact framing, in the canonical record order (width 1): model-coded blocks 0–3 carry a `tokens` varint, zstd block 4 and stored block 5 do not."),
+        ("order1-primer-compact", "`order1-primer` (context policy 2, a 200-token primer) in the compact framing, in the canonical record order."),
         ("order1-primer", "`order1`'s entries and blocks under context policy 2 (FORMAT.md §12.8): the header carries a 200-token primer (the first 200 bytes of `a.txt`, coded from an empty context) and every model-coded block starts after it, its first input the primer's last token. A decoder that ignores the primer, or feeds it differently, decodes other bytes."),
     ];
-    for v in [basic(), order1(), empty(), order1_primer()] {
+    for v in [
+        basic(),
+        order1(),
+        empty(),
+        order1_primer(),
+        basic_compact(),
+        order1_compact(),
+        order1_primer_compact(),
+    ] {
         let bytes = committed(&v);
         let manifest = manifest_from_inputs(&bytes, &v.inputs).to_json();
         let about = about.iter().find(|a| a.0 == v.name).expect("described").1;
@@ -1943,6 +2243,8 @@ fn bases() -> Bases {
         order1: Raw::parse(&committed(&order1())),
         portable: Raw::parse(&portable_tiny().0),
         primer: Raw::parse(&committed(&order1_primer())),
+        basic_compact: Raw::parse(&committed(&basic_compact())),
+        order1_compact: Raw::parse(&committed(&order1_compact())),
     }
 }
 
@@ -1971,6 +2273,8 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             Base::Order1 => b.order1.clone(),
             Base::Portable => b.portable.clone(),
             Base::Primer => b.primer.clone(),
+            Base::BasicCompact => b.basic_compact.clone(),
+            Base::Order1Compact => b.order1_compact.clone(),
             Base::Nothing => Raw {
                 header: Vec::new(),
                 recs: Vec::new(),
@@ -2009,6 +2313,8 @@ fn readme(valid: &[ValidOut], invalid: &[Invalid], files: &BTreeMap<String, Vec<
             Base::Order1 => "order1",
             Base::Portable => "portable-tiny",
             Base::Primer => "order1-primer",
+            Base::BasicCompact => "basic-compact",
+            Base::Order1Compact => "order1-compact",
             Base::Nothing => "—",
         };
         let len = files[&format!("invalid/{}.lmz", v.name)].len();
@@ -2087,7 +2393,7 @@ target's inode.
 ";
 
 const README_INVALID: &str = "Each file has exactly one defect: it is derived from a valid vector
-(`basic`, `order1` or `portable-tiny`, as generated in memory) by the change described, and every CRC that the
+(`basic`, `order1`, `portable-tiny`, `order1-primer`, `basic-compact` or `order1-compact`, as generated in memory) by the change described, and every CRC that the
 defect does not name is recomputed, so a reader that checks CRCs first still reaches the named
 defect. A conforming reader must reject every one of them before returning bytes from
 the damaged structure.
@@ -2430,7 +2736,12 @@ fn the_layout_does_not_depend_on_the_width() {
 #[test]
 fn bases_are_the_committed_vectors() {
     let b = bases();
-    for (name, raw) in [("basic", &b.basic), ("order1", &b.order1)] {
+    for (name, raw) in [
+        ("basic", &b.basic),
+        ("order1", &b.order1),
+        ("basic-compact", &b.basic_compact),
+        ("order1-compact", &b.order1_compact),
+    ] {
         let disk = std::fs::read(vectors_dir().join(format!("valid/{name}.lmz"))).unwrap();
         assert!(raw.assemble() == disk, "{name}");
     }

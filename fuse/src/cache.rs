@@ -589,6 +589,7 @@ mod tests {
                 block_size,
                 width: 1,
                 zstd_level: 1,
+                ..WriterOptions::default()
             },
         )
         .unwrap();
@@ -723,6 +724,7 @@ mod tests {
                     block_size: 1024,
                     width: 1,
                     zstd_level: 1,
+                    ..WriterOptions::default()
                 },
             )
             .unwrap();
@@ -730,7 +732,8 @@ mod tests {
                 .unwrap();
             w.finish().unwrap().0
         };
-        bytes[(r.offset + 32 + r.coded_len as u64 / 2) as usize] ^= 1;
+        let coded = a.block(3).unwrap().header.coded_len as u64;
+        bytes[(r.end() - coded.div_ceil(2)) as usize] ^= 1;
         let a = Arc::new(Archive::from_bytes(bytes).unwrap());
         let c = BlockCache::new(
             a,

@@ -19,9 +19,10 @@ use sha2::Digest;
 
 use crate::error::{Error, Result};
 use crate::format::part::{PartFooter, PartHeader, PlanHasher, PART_FOOTER_LEN};
+use crate::format::compact;
 use crate::format::{
-    BlockHeader, Entry, EntryKind, Footer, ModelKind, BLOCK_HEADER_LEN, BLOCK_MAGIC, ENTRY_MAGIC,
-    INDEX_FIXED_LEN, INDEX_MAGIC,
+    BlockHeader, BlockRef, Entry, EntryKind, Footer, Framing, ModelKind, BLOCK_HEADER_LEN,
+    BLOCK_MAGIC, ENTRY_MAGIC, INDEX_FIXED_LEN, INDEX_MAGIC,
 };
 
 use super::Catalog;
@@ -115,9 +116,14 @@ fn open<R: Read + Seek>(name: String, mut r: R) -> Result<Opened<R>> {
     }
     let entries = u64::from_le_bytes(ib[8..16].try_into().expect("8 bytes"));
     let blocks = u64::from_le_bytes(ib[16..24].try_into().expect("8 bytes"));
-    if entries as u128 * 8 + blocks as u128 * 16 + (INDEX_FIXED_LEN + 4) as u128
-        != foot.index_len as u128
-    {
+    let fits = match head.header.framing {
+        Framing::Classic => {
+            entries as u128 * 8 + blocks as u128 * 16 + (INDEX_FIXED_LEN + 4) as u128
+                == foot.index_len as u128
+        }
+        Framing::Compact => compact::index_len_fits(entries, blocks, foot.index_len),
+    };
+    if !fits {
         return Err(in_part(
             &name,
             Error::corrupt(at + 8, "part index counts disagree with its length"),
@@ -203,6 +209,15 @@ fn check_set<R>(mut parts: Vec<Opened<R>>) -> Result<Vec<Opened<R>>> {
                 p.head.zstd_level
             )));
         }
+        if h.framing != h0.framing {
+            return Err(disagree(format!(
+                "{} was packed with --framing {}, {} with --framing {}",
+                first.name,
+                h0.framing.name(),
+                p.name,
+                h.framing.name()
+            )));
+        }
         if !h.pin.matches(&h0.pin) {
             return Err(disagree(format!(
                 "{} pins model {} (kind {}), {} pins {} (kind {}): every shard must run the \
@@ -286,6 +301,8 @@ fn check_set<R>(mut parts: Vec<Opened<R>>) -> Result<Vec<Opened<R>>> {
 struct Rows {
     entries: sha2::Sha256,
     blocks: sha2::Sha256,
+    /// Bytes of the block rows (compact rows vary in length).
+    block_bytes: u64,
 }
 
 /// A part's progress through the merge.
@@ -304,6 +321,7 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
         .collect::<Result<Vec<_>>>()?;
     let mut parts = check_set(opened)?;
     let header = parts[0].head.header.clone();
+    let compact = header.framing == Framing::Compact;
     let header_bytes = parts[0].head.header_bytes.clone();
     let wr = |e| Error::io("merged archive", e);
     out.write_all(&header_bytes).map_err(wr)?;
@@ -330,8 +348,13 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
         while off < end {
             let rel = off - base;
             let mut m = [0u8; 8];
-            r.read_exact(&mut m[..4]).map_err(ioe)?;
-            if m[..4] == ENTRY_MAGIC {
+            // A compact block record starts with its codec byte, every other with 'L'.
+            r.read_exact(&mut m[..1]).map_err(ioe)?;
+            let compact_block = compact && m[0] != b'L';
+            if !compact_block {
+                r.read_exact(&mut m[1..4]).map_err(ioe)?;
+            }
+            if !compact_block && m[..4] == ENTRY_MAGIC {
                 r.read_exact(&mut m[4..]).map_err(ioe)?;
                 let len = Entry::peek_len(&m, off).map_err(err)?;
                 if off + len as u64 > end {
@@ -354,12 +377,35 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
                 out.write_all(rec).map_err(wr)?;
                 ne += 1;
                 off += len as u64;
-            } else if m[..4] == BLOCK_MAGIC {
-                let mut hb = [0u8; BLOCK_HEADER_LEN];
-                hb[..4].copy_from_slice(&m[..4]);
-                r.read_exact(&mut hb[4..]).map_err(ioe)?;
-                let bh = BlockHeader::decode(&hb, off, &header).map_err(err)?;
-                let total = (BLOCK_HEADER_LEN as u64) + bh.coded_len as u64;
+            } else if compact_block || m[..4] == BLOCK_MAGIC && !compact {
+                let (bh, hb, stored) = if compact_block {
+                    let mut hb = vec![m[0]];
+                    let hlen = loop {
+                        match compact::header_len(&hb, off).map_err(err)? {
+                            Some(n) => break n,
+                            None => {
+                                let mut c = [0u8; 1];
+                                r.read_exact(&mut c).map_err(ioe)?;
+                                hb.push(c[0]);
+                            }
+                        }
+                    };
+                    let have = hb.len();
+                    hb.resize(hlen, 0);
+                    r.read_exact(&mut hb[have..]).map_err(ioe)?;
+                    let (bh, _, stored) =
+                        BlockHeader::decode_compact(&hb, off, &header).map_err(err)?;
+                    (bh, hb, stored)
+                } else {
+                    let mut hb = vec![0u8; BLOCK_HEADER_LEN];
+                    hb[..4].copy_from_slice(&m[..4]);
+                    r.read_exact(&mut hb[4..]).map_err(ioe)?;
+                    let bh = BlockHeader::decode(&hb, off, &header).map_err(err)?;
+                    let stored = bh.coded_crc;
+                    (bh, hb, stored)
+                };
+                let head_len = hb.len() as u64;
+                let total = head_len + bh.coded_len as u64;
                 if off + total > end {
                     return Err(err(Error::corrupt(off, "block record overruns the body")));
                 }
@@ -382,18 +428,43 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
                     r.consume(n);
                     left -= n;
                 }
-                if crc.finalize() != bh.coded_crc {
+                let payload_crc = crc.finalize();
+                if compact_block {
+                    compact::check_record_crc(
+                        &hb[..hb.len() - 4],
+                        payload_crc,
+                        bh.coded_len,
+                        stored,
+                        off,
+                        nb,
+                    )
+                    .map_err(err)?;
+                } else if payload_crc != bh.coded_crc {
                     return Err(err(Error::corrupt(
                         off + BLOCK_HEADER_LEN as u64,
                         format!("block payload CRC32 mismatch (the part's block {nb})"),
                     )));
                 }
                 plan.block(bh.plain_len);
-                let mut row = [0u8; 16];
-                row[..8].copy_from_slice(&rel.to_le_bytes());
-                row[8..12].copy_from_slice(&bh.plain_len.to_le_bytes());
-                row[12..].copy_from_slice(&bh.coded_len.to_le_bytes());
-                rows.blocks.update(row);
+                if compact {
+                    let mut row = Vec::with_capacity(10);
+                    compact::put_row(
+                        &mut row,
+                        &BlockRef {
+                            offset: 0,
+                            plain_len: bh.plain_len,
+                            record_len: total as u32,
+                        },
+                    );
+                    rows.block_bytes += row.len() as u64;
+                    rows.blocks.update(row);
+                } else {
+                    let mut row = [0u8; 16];
+                    row[..8].copy_from_slice(&rel.to_le_bytes());
+                    row[8..12].copy_from_slice(&bh.plain_len.to_le_bytes());
+                    row[12..].copy_from_slice(&bh.coded_len.to_le_bytes());
+                    rows.blocks.update(row);
+                }
                 data_len += bh.plain_len as u64;
                 nb += 1;
                 off += total;
@@ -477,14 +548,36 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
         .map_err(|e| io(&p.name, e))?;
         let mut r = std::io::BufReader::with_capacity(1 << 16, &mut p.r);
         let mut seen = sha2::Sha256::new();
-        for _ in 0..p.blocks {
-            let mut row = [0u8; 16];
-            r.read_exact(&mut row).map_err(|e| io(&p.name, e))?;
-            c.update(&row);
-            seen.update(row);
-            let o = u64::from_le_bytes(row[..8].try_into().expect("8 bytes")) + done.at;
-            row[..8].copy_from_slice(&o.to_le_bytes());
-            put(&row, &mut out, &mut ix)?;
+        if compact {
+            // Compact rows hold no offsets: they are copied as they are, and must be the
+            // rows of the body's records, byte for byte (so they parse as the reader will).
+            let mut left = p.foot.index_len - INDEX_FIXED_LEN as u64 - 8 * p.entries - 4;
+            if left != done.rows.block_bytes {
+                return Err(p.err(Error::corrupt(
+                    p.foot.index_offset,
+                    "part index's block rows are not the block records of its body",
+                )));
+            }
+            let mut chunk = [0u8; 4096];
+            while left > 0 {
+                let n = (left as usize).min(chunk.len());
+                r.read_exact(&mut chunk[..n])
+                    .map_err(|e| io(&p.name, e))?;
+                c.update(&chunk[..n]);
+                seen.update(&chunk[..n]);
+                put(&chunk[..n], &mut out, &mut ix)?;
+                left -= n as u64;
+            }
+        } else {
+            for _ in 0..p.blocks {
+                let mut row = [0u8; 16];
+                r.read_exact(&mut row).map_err(|e| io(&p.name, e))?;
+                c.update(&row);
+                seen.update(row);
+                let o = u64::from_le_bytes(row[..8].try_into().expect("8 bytes")) + done.at;
+                row[..8].copy_from_slice(&o.to_le_bytes());
+                put(&row, &mut out, &mut ix)?;
+            }
         }
         let mut stored = [0u8; 4];
         r.read_exact(&mut stored).map_err(|e| io(&p.name, e))?;
@@ -501,7 +594,11 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
             )));
         }
     }
-    let index_len = INDEX_FIXED_LEN as u64 + 8 * te + 16 * tb + 4;
+    let index_len = if compact {
+        INDEX_FIXED_LEN as u64 + 8 * te + passed.iter().map(|d| d.rows.block_bytes).sum::<u64>() + 4
+    } else {
+        INDEX_FIXED_LEN as u64 + 8 * te + 16 * tb + 4
+    };
     out.write_all(&ix.finalize().to_le_bytes()).map_err(wr)?;
     out.write_all(
         &Footer {
@@ -594,10 +691,15 @@ mod tests {
             block_size: 512,
             width,
             zstd_level: 3,
+            framing: Framing::Compact,
         }
     }
 
     fn parts(model: &dyn Model, items: &[It], n: u32) -> Vec<Vec<u8>> {
+        parts_framed(model, items, n, Framing::Compact)
+    }
+
+    fn parts_framed(model: &dyn Model, items: &[It], n: u32, framing: Framing) -> Vec<Vec<u8>> {
         (0..n)
             .map(|k| {
                 let shard = Shard {
@@ -606,8 +708,11 @@ mod tests {
                     data_len: data_len(items),
                 };
                 // Every shard with another width: the bytes must not care.
-                let w = Writer::new_part(Vec::new(), Some(model), opts(1 + k as usize % 4), shard)
-                    .unwrap();
+                let o = WriterOptions {
+                    framing,
+                    ..opts(1 + k as usize % 4)
+                };
+                let w = Writer::new_part(Vec::new(), Some(model), o, shard).unwrap();
                 write(w, items)
             })
             .collect()
@@ -641,19 +746,31 @@ mod tests {
     fn merged_parts_are_the_single_archive() {
         let m = Order1::new(512);
         let items = items();
-        let single = write(
-            Writer::new(Vec::new(), Some(&m as &dyn Model), opts(3)).unwrap(),
-            &items,
-        );
-        let a = Archive::from_bytes(single.clone()).unwrap();
-        assert!(a.blocks().len() >= 12, "{} blocks", a.blocks().len());
-        for n in [1, 2, 3, 5, 13, 40] {
-            let mut ps = parts(&m, &items, n);
-            assert_eq!(merged(&ps).unwrap(), single, "{n} shards");
-            // In any order.
-            ps.reverse();
-            assert_eq!(merged(&ps).unwrap(), single, "{n} shards, reversed");
+        for framing in [Framing::Compact, Framing::Classic] {
+            let o = WriterOptions {
+                framing,
+                ..opts(3)
+            };
+            let single = write(
+                Writer::new(Vec::new(), Some(&m as &dyn Model), o).unwrap(),
+                &items,
+            );
+            let a = Archive::from_bytes(single.clone()).unwrap();
+            assert_eq!(a.framing(), framing);
+            assert!(a.blocks().len() >= 12, "{} blocks", a.blocks().len());
+            for n in [1, 2, 3, 5, 13, 40] {
+                let mut ps = parts_framed(&m, &items, n, framing);
+                assert_eq!(merged(&ps).unwrap(), single, "{n} shards, {framing:?}");
+                // In any order.
+                ps.reverse();
+                assert_eq!(merged(&ps).unwrap(), single, "{n} shards reversed, {framing:?}");
+            }
         }
+        // Parts of one framing and another are not one archive (and plan differently).
+        let mut ps = parts_framed(&m, &items, 2, Framing::Compact);
+        ps[1] = parts_framed(&m, &items, 2, Framing::Classic).remove(1);
+        let e = merged(&ps).unwrap_err();
+        assert!(e.to_string().contains("--framing"), "{e}");
     }
 
     #[test]

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::codec::{decode_with, BlockRefData, Lockstep};
 use crate::error::{Error, Result};
+use crate::format::compact::{self, place_blocks};
 use crate::format::{
-    BlockHeader, BlockRef, Entry, EntryKind, Footer, Header, Index, ModelKind, FOOTER_LEN,
+    BlockHeader, BlockRef, Entry, EntryKind, Footer, Framing, Header, Index, ModelKind,
+    BLOCK_HEADER_LEN, FOOTER_LEN,
 };
 use crate::model::Model;
 
@@ -82,10 +84,11 @@ impl Archive {
         }
         let ix =
             &b[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
-        let index = Index::decode(ix, footer.index_offset)?;
+        let mut index = Index::decode_framed(ix, footer.index_offset, header.framing)?;
         let body = header_len as u64..footer.index_offset;
         let mut catalog = Catalog::default();
         let mut prev_end = header_len as u64;
+        let mut entry_lens = Vec::with_capacity(index.entries.len());
         for &off in &index.entries {
             if off < prev_end || off >= body.end {
                 return Err(Error::corrupt(
@@ -96,30 +99,56 @@ impl Archive {
             let (e, n) = Entry::decode(&b[off as usize..body.end as usize], off)?;
             catalog.push(e, off)?;
             prev_end = off + n as u64;
+            entry_lens.push(n as u64);
         }
         let mut starts = Vec::with_capacity(index.blocks.len() + 1);
         let mut data = 0u64;
-        let mut prev_end = header_len as u64;
-        for (i, r) in index.blocks.iter().enumerate() {
-            let end = r.offset.checked_add(32 + r.coded_len as u64);
-            if r.offset < prev_end || end.is_none_or(|e| e > body.end) {
-                return Err(Error::corrupt(
-                    r.offset,
-                    format!("block {i} lies out of order or outside the body"),
-                ));
+        match header.framing {
+            Framing::Classic => {
+                let mut prev_end = header_len as u64;
+                for (i, r) in index.blocks.iter().enumerate() {
+                    let end = r.offset.checked_add(r.record_len as u64);
+                    if r.offset < prev_end || end.is_none_or(|e| e > body.end) {
+                        return Err(Error::corrupt(
+                            r.offset,
+                            format!("block {i} lies out of order or outside the body"),
+                        ));
+                    }
+                    if r.plain_len == 0
+                        || r.plain_len > header.block_size
+                        || r.record_len - BLOCK_HEADER_LEN as u32 > r.plain_len
+                    {
+                        return Err(Error::corrupt(
+                            r.offset,
+                            format!("block {i}: lengths out of range in the index"),
+                        ));
+                    }
+                    prev_end = end.unwrap_or(body.end);
+                }
+                check_tiling(b, &index, &catalog, body.clone())?;
             }
-            if r.plain_len == 0 || r.plain_len > header.block_size || r.coded_len > r.plain_len {
-                return Err(Error::corrupt(
-                    r.offset,
-                    format!("block {i}: lengths out of range in the index"),
-                ));
+            Framing::Compact => {
+                // The rows hold no offsets: the tiling places the blocks, and checks
+                // itself and record order on the way (FORMAT.md §8.1).
+                let data_of: Vec<Option<u64>> = catalog
+                    .entries()
+                    .iter()
+                    .map(|e| (e.kind == EntryKind::File && e.size > 0).then_some(e.data_start))
+                    .collect();
+                place_blocks(
+                    &mut index,
+                    &entry_lens,
+                    &data_of,
+                    body.clone(),
+                    header.block_size,
+                )?;
             }
+        }
+        for r in &index.blocks {
             starts.push(data);
             data += r.plain_len as u64;
-            prev_end = end.unwrap_or(body.end);
         }
         starts.push(data);
-        check_tiling(b, &index, &catalog, body.clone())?;
         if catalog.data_end() > data {
             return Err(Error::corrupt(
                 footer.index_offset,
@@ -208,24 +237,84 @@ impl Archive {
         }
     }
 
-    /// Header and payload of block `i`, checked against the index.
+    /// How this archive's block records are framed.
+    pub fn framing(&self) -> Framing {
+        self.header.framing
+    }
+
+    /// Bytes the block framing of this archive's blocks takes in `framing`: every block
+    /// header and index row (FORMAT.md §7, §7.1, §8, §8.1). Everything else (header, entry
+    /// records, payloads, the index's fixed part, footer) is the same in both framings, so
+    /// the difference of two calls is exactly what re-framing the archive would change.
+    pub fn framing_bytes(&self, framing: Framing) -> Result<u64> {
+        let mut n = 0u64;
+        for i in 0..self.blocks.len() {
+            let h = self.block(i)?.header;
+            let record = h.record_len(framing) as u64;
+            let row = match framing {
+                Framing::Classic => crate::format::INDEX_BLOCK_ROW,
+                Framing::Compact => compact::row_len(&BlockRef {
+                    offset: 0,
+                    plain_len: h.plain_len,
+                    record_len: record as u32,
+                }),
+            };
+            n += record - h.coded_len as u64 + row as u64;
+        }
+        Ok(n)
+    }
+
+    /// Header and payload of block `i`, checked against the index (and, compact, against
+    /// the record CRC, FORMAT.md §7.1).
     pub fn block(&self, i: usize) -> Result<BlockRefData<'_>> {
         let r = self.blocks[i];
         let b = self.bytes.as_slice();
-        let h = BlockHeader::decode(&b[r.offset as usize..], r.offset, &self.header)?;
-        if h.plain_len != r.plain_len || h.coded_len != r.coded_len {
-            return Err(Error::corrupt(
+        let disagree = || {
+            Error::corrupt(
                 r.offset,
                 format!("block {i}: header disagrees with the index"),
-            ));
+            )
+        };
+        match self.header.framing {
+            Framing::Classic => {
+                let h = BlockHeader::decode(&b[r.offset as usize..], r.offset, &self.header)?;
+                if h.plain_len != r.plain_len || h.record_len(Framing::Classic) != r.record_len {
+                    return Err(disagree());
+                }
+                let start = r.offset as usize + BLOCK_HEADER_LEN;
+                Ok(BlockRefData {
+                    number: i as u64,
+                    offset: r.offset,
+                    header: h,
+                    payload: &b[start..start + h.coded_len as usize],
+                })
+            }
+            Framing::Compact => {
+                // The record lies within the body (the index placed it there).
+                let rec = &b[r.offset as usize..r.end() as usize];
+                let (mut h, hlen, stored) = BlockHeader::decode_compact(rec, r.offset, &self.header)?;
+                if h.plain_len != r.plain_len || hlen as u64 + h.coded_len as u64 != rec.len() as u64
+                {
+                    return Err(disagree());
+                }
+                let payload = &rec[hlen..];
+                h.coded_crc = crc32fast::hash(payload);
+                compact::check_record_crc(
+                    &rec[..hlen - 4],
+                    h.coded_crc,
+                    h.coded_len,
+                    stored,
+                    r.offset,
+                    i as u64,
+                )?;
+                Ok(BlockRefData {
+                    number: i as u64,
+                    offset: r.offset,
+                    header: h,
+                    payload,
+                })
+            }
         }
-        let start = r.offset as usize + 32;
-        Ok(BlockRefData {
-            number: i as u64,
-            offset: r.offset,
-            header: h,
-            payload: &b[start..start + h.coded_len as usize],
-        })
     }
 
     /// Decodes blocks `range` (`width` model blocks in lockstep); one result per block.
@@ -347,7 +436,7 @@ fn check_tiling(b: &[u8], index: &Index, catalog: &Catalog, body: Range<u64>) ->
     for r in &index.blocks {
         spans.push((
             r.offset,
-            r.offset + 32 + r.coded_len as u64,
+            r.end(),
             None,
             r.plain_len as u64,
         ));

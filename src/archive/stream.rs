@@ -9,9 +9,10 @@ use std::io::Read;
 
 use crate::codec::{decode_with, BlockRefData, Lockstep};
 use crate::error::{Error, Result};
+use crate::format::compact;
 use crate::format::{
-    BlockHeader, BlockRef, Codec, Entry, Footer, Header, Index, BLOCK_HEADER_LEN, BLOCK_MAGIC,
-    ENTRY_MAGIC, FOOTER_LEN, INDEX_FIXED_LEN, INDEX_MAGIC,
+    BlockHeader, BlockRef, Codec, Entry, Footer, Framing, Header, Index, BLOCK_HEADER_LEN,
+    BLOCK_MAGIC, ENTRY_MAGIC, FOOTER_LEN, INDEX_MAGIC,
 };
 use crate::model::Model;
 
@@ -137,11 +138,51 @@ pub fn extract_stream<'m, R: Read>(
         Ok(())
     };
 
+    let compact = header.framing == Framing::Compact;
     loop {
         let at = inp.pos;
         let mut magic = [0u8; 4];
-        inp.exact(&mut magic, "the record stream (no index was found)")?;
-        if magic == ENTRY_MAGIC {
+        // Compact block records start with their codec byte, every other record with 'L'
+        // (FORMAT.md §7.1): one byte tells them apart.
+        inp.exact(&mut magic[..1], "the record stream (no index was found)")?;
+        let block = if compact && magic[0] != b'L' {
+            Some(read_compact_block(&mut inp, magic[0], at, &header, blocks.len() as u64)?)
+        } else {
+            inp.exact(&mut magic[1..], "the record stream (no index was found)")?;
+            if magic == BLOCK_MAGIC && !compact {
+                let mut hb = [0u8; BLOCK_HEADER_LEN];
+                hb[..4].copy_from_slice(&magic);
+                inp.exact(&mut hb[4..], "a block header")?;
+                let h = BlockHeader::decode(&hb, at, &header)?;
+                let mut payload = vec![0u8; h.coded_len as usize];
+                inp.exact(&mut payload, "a block payload")?;
+                Some((h, payload))
+            } else {
+                None
+            }
+        };
+        if let Some((h, payload)) = block {
+            blocks.push(BlockRef {
+                offset: if compact { 0 } else { at },
+                plain_len: h.plain_len,
+                record_len: (inp.pos - at) as u32,
+            });
+            seen += h.plain_len as u64;
+            if h.codec == Codec::Model {
+                model_queued += 1;
+            }
+            queue.push(Queued {
+                number: blocks.len() as u64 - 1,
+                offset: at,
+                header: h,
+                payload,
+            });
+            stats.blocks += 1;
+            if model_queued >= width.max(1) || (model_queued == 0 && queue.len() >= 64) {
+                flush(&mut queue, &mut routed, &mut ex)?;
+                model_queued = 0;
+            }
+        } else if magic == ENTRY_MAGIC {
             let mut rec = magic.to_vec();
             rec.resize(8, 0);
             inp.exact(&mut rec[4..], "an entry record")?;
@@ -159,40 +200,21 @@ pub fn extract_stream<'m, R: Read>(
             ex.begin(&e)?;
             entry_offsets.push(at);
             stats.entries += 1;
-        } else if magic == BLOCK_MAGIC {
-            let mut hb = [0u8; BLOCK_HEADER_LEN];
-            hb[..4].copy_from_slice(&magic);
-            inp.exact(&mut hb[4..], "a block header")?;
-            let h = BlockHeader::decode(&hb, at, &header)?;
-            let mut payload = vec![0u8; h.coded_len as usize];
-            inp.exact(&mut payload, "a block payload")?;
-            blocks.push(BlockRef {
-                offset: at,
-                plain_len: h.plain_len,
-                coded_len: h.coded_len,
-            });
-            seen += h.plain_len as u64;
-            if h.codec == Codec::Model {
-                model_queued += 1;
-            }
-            queue.push(Queued {
-                number: blocks.len() as u64 - 1,
-                offset: at,
-                header: h,
-                payload,
-            });
-            stats.blocks += 1;
-            if model_queued >= width.max(1) || (model_queued == 0 && queue.len() >= 64) {
-                flush(&mut queue, &mut routed, &mut ex)?;
-                model_queued = 0;
-            }
         } else if magic == INDEX_MAGIC {
             flush(&mut queue, &mut routed, &mut ex)?;
-            let expect_len = INDEX_FIXED_LEN + entry_offsets.len() * 8 + blocks.len() * 16 + 4;
+            // The index must list exactly the records read, so its length is known.
+            let expect = Index {
+                entries: entry_offsets.clone(),
+                blocks: blocks.clone(),
+            };
+            let expect_len = match header.framing {
+                Framing::Classic => expect.encode().len(),
+                Framing::Compact => compact::index_len(expect.entries.len(), &expect.blocks),
+            };
             let mut ib = magic.to_vec();
             ib.resize(expect_len, 0);
             inp.exact(&mut ib[4..], "the index")?;
-            let index = Index::decode(&ib, at)?;
+            let index = Index::decode_framed(&ib, at, header.framing)?;
             if index.entries != entry_offsets || index.blocks != blocks {
                 return Err(Error::corrupt(
                     at,
@@ -225,4 +247,36 @@ pub fn extract_stream<'m, R: Read>(
             ));
         }
     }
+}
+
+/// Reads the rest of a compact block record whose codec byte `first` was read at `at`:
+/// the header, a byte at a time until [`compact::header_len`] knows its length (so nothing
+/// past it is read), then the payload, bounded by the checked header; then the record CRC.
+fn read_compact_block<R: Read>(
+    inp: &mut Input<R>,
+    first: u8,
+    at: u64,
+    header: &Header,
+    number: u64,
+) -> Result<(BlockHeader, Vec<u8>)> {
+    let mut hb = vec![first];
+    let hlen = loop {
+        match compact::header_len(&hb, at)? {
+            Some(n) => break n,
+            None => {
+                let mut c = [0u8; 1];
+                inp.exact(&mut c, "a block header")?;
+                hb.push(c[0]);
+            }
+        }
+    };
+    let have = hb.len();
+    hb.resize(hlen, 0);
+    inp.exact(&mut hb[have..], "a block header")?;
+    let (mut h, _, stored) = BlockHeader::decode_compact(&hb, at, header)?;
+    let mut payload = vec![0u8; h.coded_len as usize];
+    inp.exact(&mut payload, "a block payload")?;
+    h.coded_crc = crc32fast::hash(&payload);
+    compact::check_record_crc(&hb[..hlen - 4], h.coded_crc, h.coded_len, stored, at, number)?;
+    Ok((h, payload))
 }

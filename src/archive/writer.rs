@@ -21,8 +21,8 @@ use crate::codec::{encode_model, encode_with, Lockstep, ModelStats};
 use crate::error::{Error, Result};
 use crate::format::part::{shard_of, PartFooter, PartHeader, PlanHasher};
 use crate::format::{
-    check_path, BlockRef, Codec, Entry, EntryKind, Footer, Header, Index, ModelKind, ModelPin,
-    Primer, BLOCK_HEADER_LEN, MAX_BLOCK_SIZE, MAX_LINK_LEN, MAX_PRIMER_TOKENS, POLICY_PRIMER,
+    check_path, BlockRef, Codec, Entry, EntryKind, Footer, Framing, Header, Index, ModelKind,
+    ModelPin, Primer, MAX_BLOCK_SIZE, MAX_LINK_LEN, MAX_PRIMER_TOKENS, POLICY_PRIMER,
 };
 use crate::model::{Model, Token};
 
@@ -34,6 +34,9 @@ pub struct WriterOptions {
     /// Model blocks coded together in lockstep.
     pub width: usize,
     pub zstd_level: i32,
+    /// Block framing (FORMAT.md §7.1): compact by default; classic for archives lmz 0.3
+    /// and earlier read, and for the ablation.
+    pub framing: Framing,
 }
 
 impl Default for WriterOptions {
@@ -42,6 +45,7 @@ impl Default for WriterOptions {
             block_size: 8192,
             width: 8,
             zstd_level: 19,
+            framing: Framing::Compact,
         }
     }
 }
@@ -189,8 +193,10 @@ fn archive_header<'m>(
             engine_version: concat!("lmz ", env!("CARGO_PKG_VERSION")).into(),
             cpu_features: String::new(),
             primer: None,
+            framing: Framing::Classic,
         },
     };
+    header.framing = opts.framing;
     let mut lockstep = Lockstep::new(model, opts.width);
     if let (Some(m), Some(p)) = (model, primer) {
         if p.is_empty() || p.len() > MAX_PRIMER_TOKENS as usize {
@@ -505,14 +511,16 @@ impl<'m, W: Write> Writer<'m, W> {
     }
 
     fn put_block(&mut self, c: &crate::codec::Coded) -> Result<()> {
-        self.out.write_all(&c.header.encode()).map_err(write_err)?;
+        let head = c.header.encode_framed(self.opts.framing);
+        self.out.write_all(&head).map_err(write_err)?;
         self.out.write_all(&c.payload).map_err(write_err)?;
+        let record_len = (head.len() + c.payload.len()) as u32;
         self.index.blocks.push(BlockRef {
             offset: self.pos - self.index_base,
             plain_len: c.header.plain_len,
-            coded_len: c.header.coded_len,
+            record_len,
         });
-        self.pos += (BLOCK_HEADER_LEN + c.payload.len()) as u64;
+        self.pos += record_len as u64;
         let k = c.header.codec as usize;
         self.stats.blocks[k] += 1;
         self.stats.coded[k] += c.payload.len() as u64;
@@ -568,7 +576,7 @@ impl<'m, W: Write> Writer<'m, W> {
     pub fn finish(mut self) -> Result<(W, PackStats)> {
         self.seal()?;
         self.flush_queue()?;
-        let idx = self.index.encode();
+        let idx = self.index.encode_framed(self.opts.framing);
         let tail: Vec<u8> = match &self.part {
             None => Footer {
                 index_offset: self.pos,

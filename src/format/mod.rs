@@ -11,7 +11,10 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use crate::error::{Error, Result};
 
+pub mod compact;
 pub mod part;
+
+pub use compact::{Framing, FLAG_COMPACT_BLOCKS};
 
 pub const VERSION: u16 = 1;
 pub const HEADER_MAGIC: [u8; 8] = *b"\x89LMZ\r\n\x1a\n";
@@ -181,6 +184,8 @@ pub struct Header {
     pub cpu_features: String,
     /// The archive primer: present exactly when `pin.context_policy` is 2.
     pub primer: Option<Primer>,
+    /// How block records and the index's rows are laid out (`flags` bit 1, FORMAT.md §7.1).
+    pub framing: Framing,
 }
 
 /// How much of a header string is written: strings are diagnostics, so they are cut rather
@@ -210,7 +215,7 @@ impl Header {
         let mut out = vec![0u8; HEADER_FIXED_LEN];
         out[..8].copy_from_slice(&HEADER_MAGIC);
         LE::write_u16(&mut out[8..], VERSION);
-        LE::write_u16(&mut out[10..], 0);
+        LE::write_u16(&mut out[10..], self.framing.flags());
         // header_len at 12 is written last.
         LE::write_u32(&mut out[16..], self.block_size);
         let p = &self.pin;
@@ -311,12 +316,19 @@ impl Header {
             return Err(Error::corrupt(len as u64 - 4, "header CRC32 mismatch"));
         }
         let flags = LE::read_u16(&b[10..]);
-        if flags != 0 {
+        if flags & !FLAG_COMPACT_BLOCKS != 0 {
             return Err(Error::Unsupported {
                 offset: 10,
-                detail: format!("header flags {flags:#06x} (version 1 defines none)"),
+                detail: format!(
+                    "header flags {flags:#06x} (version 1 defines only bit 1, compact blocks)"
+                ),
             });
         }
+        let framing = if flags & FLAG_COMPACT_BLOCKS != 0 {
+            Framing::Compact
+        } else {
+            Framing::Classic
+        };
         let block_size = LE::read_u32(&b[16..]);
         if block_size == 0 || block_size > MAX_BLOCK_SIZE {
             return Err(Error::corrupt(
@@ -416,6 +428,7 @@ impl Header {
             engine_version: next(),
             cpu_features: next(),
             primer,
+            framing,
         };
         Ok((header, len))
     }
@@ -559,51 +572,34 @@ impl BlockHeader {
             plain_crc: LE::read_u32(&b[20..]),
             coded_crc: LE::read_u32(&b[24..]),
         };
-        if h.plain_len == 0 || h.plain_len > header.block_size {
-            return Err(Error::corrupt(
-                offset + 8,
-                format!("block plain length {} out of range", h.plain_len),
-            ));
-        }
-        // A writer keeps the smallest coding, never one larger than the plain bytes; this
-        // bound also caps what a reader allocates for a payload.
-        if h.coded_len > h.plain_len {
-            return Err(Error::corrupt(
-                offset + 12,
-                "block coded length exceeds its plain length",
-            ));
-        }
-        match codec {
-            Codec::Stored if h.coded_len != h.plain_len => {
-                return Err(Error::corrupt(
-                    offset + 12,
-                    "stored block with coded length != plain length",
-                ));
-            }
-            Codec::Model => {
-                if header.pin.kind == ModelKind::None {
-                    return Err(Error::corrupt(
-                        offset + 4,
-                        "model-coded block in an archive without a model",
-                    ));
-                }
-                if h.tokens == 0 || h.tokens > header.pin.max_block_tokens || h.tokens > h.plain_len
-                {
-                    return Err(Error::corrupt(
-                        offset + 16,
-                        format!("token count {} out of range", h.tokens),
-                    ));
-                }
-            }
-            _ if h.tokens != 0 => {
-                return Err(Error::corrupt(
-                    offset + 16,
-                    "token count set on a block without a model",
-                ));
-            }
-            _ => {}
-        }
+        h.check_fields([offset + 4, offset + 8, offset + 12, offset + 16], header)?;
         Ok(h)
+    }
+
+    /// Length of this block's record in `framing`: its header and its payload.
+    pub fn record_len(&self, framing: Framing) -> u32 {
+        let head = match framing {
+            Framing::Classic => BLOCK_HEADER_LEN,
+            Framing::Compact => {
+                1 + compact::varint_len(self.plain_len)
+                    + compact::varint_len(self.coded_len)
+                    + if self.codec == Codec::Model {
+                        compact::varint_len(self.tokens)
+                    } else {
+                        0
+                    }
+                    + 8
+            }
+        };
+        head as u32 + self.coded_len
+    }
+
+    /// The block record's header bytes in `framing`.
+    pub fn encode_framed(&self, framing: Framing) -> Vec<u8> {
+        match framing {
+            Framing::Classic => self.encode().to_vec(),
+            Framing::Compact => self.encode_compact(),
+        }
     }
 }
 
@@ -810,10 +806,20 @@ pub fn check_path(p: &[u8]) -> std::result::Result<(), &'static str> {
 /// One row of the index's block table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockRef {
-    /// Archive offset of the block record.
+    /// Archive offset of the block record (classic: from the row; compact: derived from
+    /// the tiling, [`compact::place_blocks`]).
     pub offset: u64,
     pub plain_len: u32,
-    pub coded_len: u32,
+    /// Length of the whole block record, header and payload (classic: 32 + the row's
+    /// `coded_len`, saturating, so an absurd row stays absurd).
+    pub record_len: u32,
+}
+
+impl BlockRef {
+    /// Archive offset where the block record ends.
+    pub fn end(&self) -> u64 {
+        self.offset + self.record_len as u64
+    }
 }
 
 /// The tail index: where every entry record and every block record lies.
@@ -824,6 +830,23 @@ pub struct Index {
 }
 
 impl Index {
+    /// The index as `framing` lays it out.
+    pub fn encode_framed(&self, framing: Framing) -> Vec<u8> {
+        match framing {
+            Framing::Classic => self.encode(),
+            Framing::Compact => self.encode_compact(),
+        }
+    }
+
+    /// [`Self::decode`] or [`Self::decode_compact`], as `framing` says.
+    pub fn decode_framed(b: &[u8], offset: u64, framing: Framing) -> Result<Index> {
+        match framing {
+            Framing::Classic => Index::decode(b, offset),
+            Framing::Compact => Index::decode_compact(b, offset),
+        }
+    }
+
+    /// The classic index (§8).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(
             INDEX_FIXED_LEN + self.entries.len() * 8 + self.blocks.len() * 16 + 4,
@@ -838,33 +861,17 @@ impl Index {
         for r in &self.blocks {
             b.extend_from_slice(&r.offset.to_le_bytes());
             b.extend_from_slice(&r.plain_len.to_le_bytes());
-            b.extend_from_slice(&r.coded_len.to_le_bytes());
+            b.extend_from_slice(&(r.record_len - BLOCK_HEADER_LEN as u32).to_le_bytes());
         }
         let c = crc(&b);
         b.extend_from_slice(&c.to_le_bytes());
         b
     }
 
-    /// Parses the index occupying exactly `b`, found at archive offset `offset`.
+    /// Parses the classic index occupying exactly `b`, found at archive offset `offset`.
     pub fn decode(b: &[u8], offset: u64) -> Result<Index> {
-        if b.len() < INDEX_FIXED_LEN + 4 {
-            return Err(Error::corrupt(offset, "index too short"));
-        }
-        if b[..4] != INDEX_MAGIC {
-            return Err(Error::corrupt(offset, "bad index magic"));
-        }
+        let (ne, nb) = index_prelude(b, offset)?;
         let n = b.len();
-        if crc(&b[..n - 4]) != LE::read_u32(&b[n - 4..]) {
-            return Err(Error::corrupt(offset, "index CRC32 mismatch"));
-        }
-        if LE::read_u32(&b[4..]) != 0 {
-            return Err(Error::Unsupported {
-                offset: offset + 4,
-                detail: "index reserved bytes set".into(),
-            });
-        }
-        let ne = LE::read_u64(&b[8..]);
-        let nb = LE::read_u64(&b[16..]);
         // Both counts are bounded by the index length before anything is allocated.
         let expect = (ne as u128) * 8
             + (nb as u128) * INDEX_BLOCK_ROW as u128
@@ -888,7 +895,7 @@ impl Index {
                 let r = BlockRef {
                     offset: LE::read_u64(&b[pos..]),
                     plain_len: LE::read_u32(&b[pos + 8..]),
-                    coded_len: LE::read_u32(&b[pos + 12..]),
+                    record_len: LE::read_u32(&b[pos + 12..]).saturating_add(BLOCK_HEADER_LEN as u32),
                 };
                 pos += INDEX_BLOCK_ROW;
                 r
@@ -896,6 +903,28 @@ impl Index {
             .collect();
         Ok(Index { entries, blocks })
     }
+}
+
+/// What both index layouts begin with: length at least 28, magic, CRC, reserved bytes;
+/// returns the entry and block counts, not yet checked against the length.
+fn index_prelude(b: &[u8], offset: u64) -> Result<(u64, u64)> {
+    if b.len() < INDEX_FIXED_LEN + 4 {
+        return Err(Error::corrupt(offset, "index too short"));
+    }
+    if b[..4] != INDEX_MAGIC {
+        return Err(Error::corrupt(offset, "bad index magic"));
+    }
+    let n = b.len();
+    if crc(&b[..n - 4]) != LE::read_u32(&b[n - 4..]) {
+        return Err(Error::corrupt(offset, "index CRC32 mismatch"));
+    }
+    if LE::read_u32(&b[4..]) != 0 {
+        return Err(Error::Unsupported {
+            offset: offset + 4,
+            detail: "index reserved bytes set".into(),
+        });
+    }
+    Ok((LE::read_u64(&b[8..]), LE::read_u64(&b[16..])))
 }
 
 /// The fixed 32-byte footer that ends every archive.
@@ -978,6 +1007,7 @@ mod tests {
             engine_version: "x".into(),
             cpu_features: "avx2".into(),
             primer: None,
+            framing: Framing::Classic,
         }
     }
 
@@ -1100,11 +1130,16 @@ mod tests {
             blocks: vec![BlockRef {
                 offset: 100,
                 plain_len: 5,
-                coded_len: 3,
+                record_len: 35,
             }],
         };
         let b = i.encode();
         assert_eq!(Index::decode(&b, 0).unwrap(), i);
+        let c = i.encode_compact();
+        assert_eq!(c.len(), 28 + 16 + 2);
+        let back = Index::decode_compact(&c, 0).unwrap();
+        assert_eq!(back.blocks[0].offset, 0);
+        assert_eq!((back.blocks[0].plain_len, back.blocks[0].record_len), (5, 35));
         let f = Footer {
             index_offset: 100,
             index_len: 68,

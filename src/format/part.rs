@@ -269,13 +269,21 @@ pub struct PlanHasher(sha2::Sha256);
 
 impl PlanHasher {
     /// Starts the hash of a plan for archives with header `header` whose blocks are coded
-    /// at `zstd_level`: its `block_size`, its pin and its primer, not its diagnostic strings.
+    /// at `zstd_level`: its `block_size`, its pin, its flags and its primer, not its
+    /// diagnostic strings.
     pub fn new(header: &Header, zstd_level: i32) -> PlanHasher {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(b"lmz plan v1\0");
         h.update(&header.encode()[16..80]);
         h.update(zstd_level.to_le_bytes());
+        // The framing changes every block record, so it is part of the plan; archives
+        // without flags hash as before they existed (the part vectors are unchanged).
+        let flags = header.framing.flags();
+        if flags != 0 {
+            h.update(b"F");
+            h.update(flags.to_le_bytes());
+        }
         if let Some(p) = &header.primer {
             h.update(b"P");
             h.update(p.tokens.to_le_bytes());
@@ -323,6 +331,7 @@ mod tests {
                 engine_version: "lmz test".into(),
                 cpu_features: String::new(),
                 primer: None,
+                framing: crate::format::Framing::Classic,
             },
         )
     }

@@ -65,7 +65,9 @@ pub struct BenchArgs {
     /// the primer pays, as pack does.
     #[arg(long, value_name = "TOKENS", default_value_t = lmz::archive::primer::DEFAULT_PRIMER_TOKENS)]
     primer: usize,
-    /// Also pack each file without the primer, in the same run: what the primer contributes.
+    /// Also pack each file without the primer, in the same run: what the primer contributes;
+    /// and the archive's size under the other block framing (exact: the same blocks framed
+    /// the other way, FORMAT.md §7.1).
     #[arg(long)]
     ablation: bool,
     #[command(flatten)]
@@ -399,6 +401,7 @@ fn pack_one(
         block_size: args.block_size,
         width: args.m.width(model),
         zstd_level: 19,
+        ..WriterOptions::default()
     };
     let mut w = Writer::with_primer(Vec::new(), model, opts, primer)?;
     let meta = Meta {
@@ -433,9 +436,9 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
     let mut rows = Vec::new();
     if !args.json {
         println!(
-            "| file | bytes | lmz bpb | primer tokens | bpb without primer | model ideal bpb | coder overhead bits/token | bytes/block | xz -9e bpb | zstd -19 bpb | pack B/s | pack tok/s | unpack B/s | unpack tok/s |"
+            "| file | bytes | lmz bpb | primer tokens | bpb without primer | bpb classic framing | model ideal bpb | coder overhead bits/token | bytes/block | xz -9e bpb | zstd -19 bpb | pack B/s | pack tok/s | unpack B/s | unpack tok/s |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
     for path in &args.files {
         let mut data = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
@@ -465,6 +468,13 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
 
         let t1 = Instant::now();
         let a = Archive::from_bytes(bytes)?;
+        let classic = if args.ablation {
+            let now = a.framing_bytes(a.framing())?;
+            let other = a.framing_bytes(lmz::format::Framing::Classic)?;
+            Some(stats.archive_bytes - now + other)
+        } else {
+            None
+        };
         let mut back = Vec::with_capacity(data.len());
         for r in a.decode_blocks(model, 0..a.block_count(), args.m.width(model))? {
             back.extend_from_slice(&r?);
@@ -491,6 +501,7 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
             "lmz_bpb": stats.archive_bytes as f64 * 8.0 / n,
             "primer_tokens": primer.as_ref().map_or(0, Vec::len),
             "no_primer_bpb": without.map(|b| b as f64 * 8.0 / n),
+            "classic_framing_bpb": classic.map(|b| b as f64 * 8.0 / n),
             "blocks": { "model": stats.blocks[mi], "zstd": stats.blocks[Codec::Zstd as usize], "stored": stats.blocks[Codec::Stored as usize] },
             "model_plain_bytes": stats.plain[mi],
             "model_ideal_bpb": if stats.plain[mi] > 0 { stats.kept_ideal_bits / stats.plain[mi] as f64 } else { 0.0 },
@@ -529,7 +540,7 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
                     .map_or("–".to_string(), |v| format!("{v:.0}"))
             };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 path.file_name().map_or_else(
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into_owned()
@@ -538,6 +549,7 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
                 f("lmz_bpb"),
                 row["primer_tokens"],
                 f("no_primer_bpb"),
+                f("classic_framing_bpb"),
                 f("model_ideal_bpb"),
                 f4("coder_overhead_bits_per_token"),
                 f("coder_overhead_bytes_per_block"),

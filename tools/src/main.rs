@@ -123,6 +123,10 @@ enum Cmd {
         /// the same archive as with one worker, byte for byte.
         #[arg(long, value_name = "N", default_value_t = 1)]
         workers: usize,
+        /// Block framing: compact (the default: about 19 bytes per block for header and
+        /// index row) or classic (48 bytes per block; what lmz 0.3 and earlier read).
+        #[arg(long, value_enum, default_value_t = FramingArg::Compact)]
+        framing: FramingArg,
         #[command(flatten)]
         m: ModelArgs,
     },
@@ -261,6 +265,22 @@ fn open_archive(path: &Path) -> Result<Archive> {
     Ok(Archive::open(path)?)
 }
 
+/// `lmz pack --framing` (FORMAT.md §7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FramingArg {
+    Compact,
+    Classic,
+}
+
+impl From<FramingArg> for lmz::format::Framing {
+    fn from(f: FramingArg) -> Self {
+        match f {
+            FramingArg::Compact => lmz::format::Framing::Compact,
+            FramingArg::Classic => lmz::format::Framing::Classic,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let show_progress = !cli.quiet;
     match cli.cmd {
@@ -274,6 +294,7 @@ fn run(cli: Cli) -> Result<()> {
             primer,
             shard,
             workers,
+            framing,
             m,
         } => pack::run(pack::PackArgs {
             inputs,
@@ -287,6 +308,7 @@ fn run(cli: Cli) -> Result<()> {
             primer_tokens: primer as usize,
             shard,
             workers,
+            framing: framing.into(),
         }),
         Cmd::Merge { parts, output } => merge::run(&parts, &output),
         Cmd::Unpack {
@@ -406,6 +428,7 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
             .collect();
         let v = serde_json::json!({
             "format_version": lmz::format::VERSION,
+            "framing": h.framing.name(),
             "block_size": h.block_size,
             "model": {
                 "kind": format!("{:?}", h.pin.kind),
@@ -433,6 +456,13 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
     }
     if long {
         let h = a.header();
+        writeln!(
+            out,
+            "# framing: {} ({} blocks of at most {} bytes)",
+            h.framing.name(),
+            a.block_count(),
+            h.block_size
+        )?;
         if h.pin.kind != lmz::format::ModelKind::None {
             writeln!(out, "# model: {} ({})", h.model_name, portability(h))?;
             match &h.primer {

@@ -31,6 +31,8 @@ pub struct PackArgs {
     pub shard: Option<(u32, u32)>,
     /// `--workers N`: code N shards at once in this process and merge them.
     pub workers: usize,
+    /// `--framing`: how block records and the index are laid out (FORMAT.md §7.1).
+    pub framing: lmz::format::Framing,
 }
 
 fn meta(md: &std::fs::Metadata) -> Meta {
@@ -261,6 +263,7 @@ fn write_all<W: Write>(
         block_size: args.block_size,
         width: args.m.width(model),
         zstd_level: args.zstd_level,
+        framing: args.framing,
     };
     let stdin = is_stdin(args)?;
     let data_len: u64 = items

@@ -540,7 +540,8 @@ fn corrupt_block_gives_eio_and_the_rest_still_works() {
         let b = r.start;
         let r = a.blocks()[b];
         let mut bytes = fs::read(&archive).unwrap();
-        let at = (r.offset + 32 + r.coded_len as u64 / 2) as usize;
+        let coded = a.block(b).unwrap().header.coded_len as u64;
+        let at = (r.end() - coded.div_ceil(2)) as usize;
         bytes[at] ^= 0x55;
         fs::write(&archive, bytes).unwrap();
         let (s, t) = (a.block_start(b), a.block_start(b + 1));

@@ -479,6 +479,7 @@ impl Model for PortableLm {
             // reader could act on (the kernel set used is in `backend`), so none is recorded.
             cpu_features: String::new(),
             primer: None,
+            framing: crate::format::Framing::Classic,
         }
     }
 

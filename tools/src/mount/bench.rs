@@ -422,6 +422,7 @@ pub fn run(args: BenchMountArgs) -> Result<()> {
             block_size: args.block_size,
             width: 1,
             zstd_level: 3,
+            ..WriterOptions::default()
         };
         let mut w = Writer::new(
             std::io::BufWriter::new(std::fs::File::create(&small)?),
@@ -501,6 +502,7 @@ pub fn run(args: BenchMountArgs) -> Result<()> {
             block_size: args.block_size,
             width: 8,
             zstd_level: args.zstd_level,
+            ..WriterOptions::default()
         };
         let mut w = Writer::new(
             std::io::BufWriter::new(std::fs::File::create(&big)?),

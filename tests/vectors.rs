@@ -2062,7 +2062,7 @@ fn invalid_vectors() -> Vec<Invalid> {
             |r| r.edit_compact(0, |c| c.fields[1] = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x00]).assemble() },
         bad! { "compact-row-record-len", BasicCompact,
             "block 0: a byte 0x00 after its payload, counted by its index row's record_len but not by its coded_len (record CRC over header and payload holds)",
-            Corrupt @ Decode, "header disagrees with the index", "stored block with coded length",
+            Corrupt @ Decode, "header disagrees with the index", "block coded length exceeds its plain length",
             |r| r.edit_compact(0, |c| c.extra = vec![0]).assemble() },
         bad! { "compact-row-plain-len", BasicCompact,
             "index row of the last block (3): plain_len one more than its block header's (188 → 189)",
@@ -2131,18 +2131,27 @@ fn invalid_vectors() -> Vec<Invalid> {
             Corrupt @ Decode, "header disagrees with the index", "record CRC32 mismatch",
             |r| r.edit_compact(1, |c| c.fields.push(vec![1])).assemble() },
         bad! { "compact-classic-block", BasicCompact,
-            "block 1 (stored) written as a classic record (`LMZB`, 32-byte header) in a compact archive; its index row counts it",
+            "zstd block 0 written as a classic record (`LMZB`, 32-byte header, both CRCs right) in a compact archive; its index row counts it",
             Corrupt @ Decode, "classic block record", "unknown record magic",
             |mut r| {
-                let i = r.block_pos(1);
-                let plain = CompactRec::parse(r.recs[i].bytes()).payload;
-                let rec = stored_block(&plain);
+                let i = r.block_pos(0);
+                let c = CompactRec::parse(r.recs[i].bytes());
+                let h = BlockHeader {
+                    codec: Codec::Zstd,
+                    plain_len: c.plain_len(),
+                    coded_len: c.payload.len() as u32,
+                    tokens: 0,
+                    plain_crc: c.plain_crc,
+                    coded_crc: crc32fast::hash(&c.payload),
+                };
+                let mut rec = h.encode().to_vec();
+                rec.extend_from_slice(&c.payload);
                 let len = rec.len() as u64;
                 r.recs[i] = Rec::Block(rec);
                 patch_index(r.assemble(), |ix| {
-                    let (start, end) = compact_rows(ix)[1];
+                    let (start, end) = compact_rows(ix)[0];
                     let mut row = leb(len);
-                    row.extend(leb(plain.len() as u64));
+                    row.extend(leb(h.plain_len as u64));
                     ix.splice(start..end, row);
                 })
             } },

@@ -2386,8 +2386,9 @@ Each `NAME.lmz` has a manifest `NAME.lmz.json`, written from the generator's *in
 metadata, contents) and the writer's layout (data offsets, blocks). A decoder passes when what it
 reads equals the manifest:
 
-- top level: `format_version`, `model` (`none` / `order1` / `portable`), `block_size`, `max_block_tokens`
-  (header pin), `data_len` (sum of all blocks' `plain_len`);
+- top level: `format_version`, `framing` (only in compact archives, header flag bit 1:
+  `compact`; FORMAT.md §7.1, §8.1), `model` (`none` / `order1` / `portable`), `block_size`,
+  `max_block_tokens` (header pin), `data_len` (sum of all blocks' `plain_len`);
 - `blocks`: in order, each block header's `codec` (`stored` / `zstd` / `model`), `plain_len`,
   `coded_len` and `tokens`;
 - `entries`: in order, `path`, `kind` (`file` / `dir` / `symlink` / `hardlink`), `mode` (octal

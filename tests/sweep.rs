@@ -167,7 +167,10 @@ fn every_flip_and_truncation_of_a_compact_archive_is_rejected_or_exact() {
 
 fn sweep(primer: bool, framing: Framing) {
     let (orig, files) = reference(primer, framing);
-    assert_eq!(Archive::from_bytes(orig.clone()).unwrap().framing(), framing);
+    assert_eq!(
+        Archive::from_bytes(orig.clone()).unwrap().framing(),
+        framing
+    );
     assert_eq!(
         Archive::from_bytes(orig.clone())
             .unwrap()

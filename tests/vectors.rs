@@ -1116,8 +1116,8 @@ impl Raw {
         let n = b.len();
         let f = Footer::decode(&b[n - FOOTER_LEN..], n as u64).expect("footer");
         let io = f.index_offset as usize;
-        let mut ix = Index::decode_framed(&b[io..n - FOOTER_LEN], f.index_offset, h.framing)
-            .expect("index");
+        let mut ix =
+            Index::decode_framed(&b[io..n - FOOTER_LEN], f.index_offset, h.framing).expect("index");
         let mut spans: Vec<(usize, Rec)> = Vec::new();
         let mut lens = Vec::new();
         for &o in &ix.entries {

@@ -18,8 +18,8 @@ use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use sha2::Digest;
 
 use crate::error::{Error, Result};
-use crate::format::part::{PartFooter, PartHeader, PlanHasher, PART_FOOTER_LEN};
 use crate::format::compact;
+use crate::format::part::{PartFooter, PartHeader, PlanHasher, PART_FOOTER_LEN};
 use crate::format::{
     BlockHeader, BlockRef, Entry, EntryKind, Footer, Framing, ModelKind, BLOCK_HEADER_LEN,
     BLOCK_MAGIC, ENTRY_MAGIC, INDEX_FIXED_LEN, INDEX_MAGIC,
@@ -561,8 +561,7 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
             let mut chunk = [0u8; 4096];
             while left > 0 {
                 let n = (left as usize).min(chunk.len());
-                r.read_exact(&mut chunk[..n])
-                    .map_err(|e| io(&p.name, e))?;
+                r.read_exact(&mut chunk[..n]).map_err(|e| io(&p.name, e))?;
                 c.update(&chunk[..n]);
                 seen.update(&chunk[..n]);
                 put(&chunk[..n], &mut out, &mut ix)?;
@@ -747,10 +746,7 @@ mod tests {
         let m = Order1::new(512);
         let items = items();
         for framing in [Framing::Compact, Framing::Classic] {
-            let o = WriterOptions {
-                framing,
-                ..opts(3)
-            };
+            let o = WriterOptions { framing, ..opts(3) };
             let single = write(
                 Writer::new(Vec::new(), Some(&m as &dyn Model), o).unwrap(),
                 &items,
@@ -763,7 +759,11 @@ mod tests {
                 assert_eq!(merged(&ps).unwrap(), single, "{n} shards, {framing:?}");
                 // In any order.
                 ps.reverse();
-                assert_eq!(merged(&ps).unwrap(), single, "{n} shards reversed, {framing:?}");
+                assert_eq!(
+                    merged(&ps).unwrap(),
+                    single,
+                    "{n} shards reversed, {framing:?}"
+                );
             }
         }
         // Parts of one framing and another are not one archive (and plan differently).

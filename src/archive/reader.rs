@@ -292,8 +292,10 @@ impl Archive {
             Framing::Compact => {
                 // The record lies within the body (the index placed it there).
                 let rec = &b[r.offset as usize..r.end() as usize];
-                let (mut h, hlen, stored) = BlockHeader::decode_compact(rec, r.offset, &self.header)?;
-                if h.plain_len != r.plain_len || hlen as u64 + h.coded_len as u64 != rec.len() as u64
+                let (mut h, hlen, stored) =
+                    BlockHeader::decode_compact(rec, r.offset, &self.header)?;
+                if h.plain_len != r.plain_len
+                    || hlen as u64 + h.coded_len as u64 != rec.len() as u64
                 {
                     return Err(disagree());
                 }
@@ -434,12 +436,7 @@ fn check_tiling(b: &[u8], index: &Index, catalog: &Catalog, body: Range<u64>) ->
         spans.push((off, off + n, Some(i), 0));
     }
     for r in &index.blocks {
-        spans.push((
-            r.offset,
-            r.end(),
-            None,
-            r.plain_len as u64,
-        ));
+        spans.push((r.offset, r.end(), None, r.plain_len as u64));
     }
     spans.sort_unstable_by_key(|s| s.0);
     let mut at = body.start;

@@ -146,7 +146,13 @@ pub fn extract_stream<'m, R: Read>(
         // (FORMAT.md §7.1): one byte tells them apart.
         inp.exact(&mut magic[..1], "the record stream (no index was found)")?;
         let block = if compact && magic[0] != b'L' {
-            Some(read_compact_block(&mut inp, magic[0], at, &header, blocks.len() as u64)?)
+            Some(read_compact_block(
+                &mut inp,
+                magic[0],
+                at,
+                &header,
+                blocks.len() as u64,
+            )?)
         } else {
             inp.exact(&mut magic[1..], "the record stream (no index was found)")?;
             if magic == BLOCK_MAGIC && !compact {
@@ -277,6 +283,13 @@ fn read_compact_block<R: Read>(
     let mut payload = vec![0u8; h.coded_len as usize];
     inp.exact(&mut payload, "a block payload")?;
     h.coded_crc = crc32fast::hash(&payload);
-    compact::check_record_crc(&hb[..hlen - 4], h.coded_crc, h.coded_len, stored, at, number)?;
+    compact::check_record_crc(
+        &hb[..hlen - 4],
+        h.coded_crc,
+        h.coded_len,
+        stored,
+        at,
+        number,
+    )?;
     Ok((h, payload))
 }

@@ -449,7 +449,18 @@ mod tests {
 
     #[test]
     fn varints_round_trip_and_reject_every_other_encoding() {
-        for v in [0, 1, 127, 128, 300, 16_383, 16_384, 1 << 21, 1 << 28, u32::MAX] {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            1 << 21,
+            1 << 28,
+            u32::MAX,
+        ] {
             let mut b = Vec::new();
             put_varint(&mut b, v);
             assert_eq!(b.len(), varint_len(v));

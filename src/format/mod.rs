@@ -895,7 +895,8 @@ impl Index {
                 let r = BlockRef {
                     offset: LE::read_u64(&b[pos..]),
                     plain_len: LE::read_u32(&b[pos + 8..]),
-                    record_len: LE::read_u32(&b[pos + 12..]).saturating_add(BLOCK_HEADER_LEN as u32),
+                    record_len: LE::read_u32(&b[pos + 12..])
+                        .saturating_add(BLOCK_HEADER_LEN as u32),
                 };
                 pos += INDEX_BLOCK_ROW;
                 r
@@ -1139,7 +1140,10 @@ mod tests {
         assert_eq!(c.len(), 28 + 16 + 2);
         let back = Index::decode_compact(&c, 0).unwrap();
         assert_eq!(back.blocks[0].offset, 0);
-        assert_eq!((back.blocks[0].plain_len, back.blocks[0].record_len), (5, 35));
+        assert_eq!(
+            (back.blocks[0].plain_len, back.blocks[0].record_len),
+            (5, 35)
+        );
         let f = Footer {
             index_offset: 100,
             index_len: 68,

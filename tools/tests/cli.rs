@@ -164,41 +164,45 @@ fn list_shows_entries_and_json() {
 
 #[test]
 fn corrupt_archive_fails_with_exit_4_and_names_the_block() {
-    let t = tempfile::tempdir().unwrap();
-    let f = t.path().join("f");
-    std::fs::write(&f, corpus("alice29.txt", 8000)).unwrap();
-    let a = t.path().join("a.lmz");
-    run(lmz()
-        .args(["pack", "--engine", "order1", "--block-size", "2048", "-q"])
-        .arg(&f)
-        .arg("-o")
-        .arg(&a));
-    let mut bytes = std::fs::read(&a).unwrap();
-    // Damage the middle of the second block's payload (find blocks by their magic).
-    let starts: Vec<usize> = bytes
-        .windows(4)
-        .enumerate()
-        .filter(|(_, w)| w == b"LMZB")
-        .map(|(i, _)| i)
-        .collect();
-    bytes[starts[1] + 40] ^= 0x20;
-    std::fs::write(&a, &bytes).unwrap();
-    let err = run_fail(lmz().args(["verify"]).arg(&a), 4);
-    assert!(err.contains("block 1"), "{err}");
-    let err = run_fail(
-        lmz()
-            .args(["unpack"])
-            .arg(&a)
-            .arg("-C")
-            .arg(t.path().join("o")),
-        4,
-    );
-    assert!(err.contains("block 1"), "{err}");
-    // The damaged file is not left behind with partial content.
-    assert!(!t.path().join("o/f").exists());
-    // A truncated archive.
-    std::fs::write(&a, &bytes[..bytes.len() - 10]).unwrap();
-    run_fail(lmz().args(["list"]).arg(&a), 4);
+    for framing in ["compact", "classic"] {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, corpus("alice29.txt", 8000)).unwrap();
+        let a = t.path().join("a.lmz");
+        run(lmz()
+            .args(["pack", "--engine", "order1", "--block-size", "2048", "-q"])
+            .args(["--framing", framing])
+            .arg(&f)
+            .arg("-o")
+            .arg(&a));
+        // Damage the middle of the second block's payload.
+        let at = {
+            let ar = lmz::archive::Archive::open(&a).unwrap();
+            assert_eq!(ar.framing().name(), framing);
+            let r = ar.blocks()[1];
+            let coded = ar.block(1).unwrap().header.coded_len as u64;
+            (r.end() - coded.div_ceil(2)) as usize
+        };
+        let mut bytes = std::fs::read(&a).unwrap();
+        bytes[at] ^= 0x20;
+        std::fs::write(&a, &bytes).unwrap();
+        let err = run_fail(lmz().args(["verify"]).arg(&a), 4);
+        assert!(err.contains("block 1"), "{framing}: {err}");
+        let err = run_fail(
+            lmz()
+                .args(["unpack"])
+                .arg(&a)
+                .arg("-C")
+                .arg(t.path().join("o")),
+            4,
+        );
+        assert!(err.contains("block 1"), "{framing}: {err}");
+        // The damaged file is not left behind with partial content.
+        assert!(!t.path().join("o/f").exists());
+        // A truncated archive.
+        std::fs::write(&a, &bytes[..bytes.len() - 10]).unwrap();
+        run_fail(lmz().args(["list"]).arg(&a), 4);
+    }
 }
 
 #[test]

@@ -380,20 +380,23 @@ fn intact_payload_that_decodes_wrong_is_divergence_not_damage() {
     let i = (0..arch.block_count())
         .find(|&i| arch.block(i).unwrap().header.codec == Codec::Model)
         .expect("a model-coded block");
+    let framing = arch.framing();
     let (off, mut bh) = {
         let b = arch.block(i).unwrap();
         (b.offset as usize, b.header)
     };
     drop(arch);
     let mut bytes = std::fs::read(&a).unwrap();
-    let payload = off + 32..off + 32 + bh.coded_len as usize;
+    let head = (bh.record_len(framing) - bh.coded_len) as usize;
+    let payload = off + head..off + head + bh.coded_len as usize;
     bytes[payload.start + payload.len() / 2] ^= 0x5a;
     // Damage: the payload CRC no longer holds.
     let damaged = t.path().join("damaged.lmz");
     std::fs::write(&damaged, &bytes).unwrap();
-    // Divergence: the payload CRC (and so the block header's CRC) recomputed.
+    // Divergence: the payload CRC (and so the block header's CRC, or the compact record's
+    // CRC over header and payload) recomputed.
     bh.coded_crc = crc32fast::hash(&bytes[payload]);
-    bytes[off..off + 32].copy_from_slice(&bh.encode());
+    bytes[off..off + head].copy_from_slice(&bh.encode_framed(framing));
     let diverged = t.path().join("diverged.lmz");
     std::fs::write(&diverged, &bytes).unwrap();
 
@@ -447,6 +450,10 @@ fn intact_payload_that_decodes_wrong_is_divergence_not_damage() {
             .arg(&dst),
         4,
     );
-    assert!(err.contains("payload CRC32 mismatch"), "{err}");
+    // Classic: the payload's own CRC; compact: the record CRC over header and payload.
+    assert!(
+        err.contains("payload CRC32 mismatch") || err.contains("record CRC32 mismatch"),
+        "{err}"
+    );
     assert!(!err.contains("not damaged"), "{err}");
 }

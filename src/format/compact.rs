@@ -344,14 +344,8 @@ impl Index {
                 "index counts disagree with its length",
             ));
         }
-        let mut pos = INDEX_FIXED_LEN;
-        let entries = (0..ne)
-            .map(|_| {
-                let v = LE::read_u64(&b[pos..]);
-                pos += 8;
-                v
-            })
-            .collect();
+        let entries: Vec<u64> = super::entry_offsets(b, ne);
+        let mut pos = INDEX_FIXED_LEN + 8 * entries.len();
         let rows = &b[..b.len() - 4];
         let mut blocks = Vec::with_capacity(nb as usize);
         for _ in 0..nb {

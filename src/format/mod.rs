@@ -882,14 +882,8 @@ impl Index {
                 "index counts disagree with its length",
             ));
         }
-        let mut pos = INDEX_FIXED_LEN;
-        let entries = (0..ne)
-            .map(|_| {
-                let v = LE::read_u64(&b[pos..]);
-                pos += 8;
-                v
-            })
-            .collect();
+        let entries = entry_offsets(b, ne);
+        let mut pos = INDEX_FIXED_LEN + 8 * entries.len();
         let blocks = (0..nb)
             .map(|_| {
                 let r = BlockRef {
@@ -904,6 +898,15 @@ impl Index {
             .collect();
         Ok(Index { entries, blocks })
     }
+}
+
+/// The entry offsets both index layouts hold after the fixed part: `ne` u64s, which the
+/// caller has bounded by the index length.
+fn entry_offsets(b: &[u8], ne: u64) -> Vec<u64> {
+    b[INDEX_FIXED_LEN..INDEX_FIXED_LEN + 8 * ne as usize]
+        .chunks_exact(8)
+        .map(LE::read_u64)
+        .collect()
 }
 
 /// What both index layouts begin with: length at least 28, magic, CRC, reserved bytes;

@@ -10,8 +10,8 @@
 //! symbol's sub-interval is `[⌊range·cum[s] / 2^bits⌋, ⌊range·cum[s+1] / 2^bits⌋)`, computed in
 //! 64-bit arithmetic. Compared with the classic `r = range / total` split this loses nothing to
 //! truncation but a rounding of at most one unit per end, which keeps the coded length within
-//! a few thousandths of a bit per symbol of the ideal `Σ −log2 p`. Flushing costs 5 bytes per
-//! stream. `bits` may be at most 24 so every symbol's sub-interval is at least one unit wide.
+//! a few thousandths of a bit per symbol of the ideal `Σ −log2 p`. Flushing costs under two bytes
+//! per stream: it writes the point of the final interval with the most trailing zeros. `bits` may be at most 24 so every symbol's sub-interval is at least one unit wide.
 
 /// Largest frequency precision the coder supports.
 pub const MAX_BITS: u32 = 24;
@@ -78,7 +78,22 @@ impl Encoder {
 
     /// Flushes the state and returns the coded bytes. The first byte LZMA's scheme emits is
     /// always zero and is dropped here (the decoder assumes it).
+    ///
+    /// Any point of the final interval `[low, low + range)` decodes to the same symbols, and
+    /// the decoder reads zeros past the end, so the flush writes the point with the most
+    /// trailing zero bits: the multiple of the largest power of two the interval holds. Its
+    /// zero bytes are then trimmed, which saves about three bytes per stream over flushing
+    /// `low` itself (`range ≥ 2^24`, so at least 23 low bits are free).
     pub fn finish(mut self) -> Vec<u8> {
+        let end = self.low + self.range as u64;
+        for k in (0..=40u32).rev() {
+            let mask = (1u64 << k) - 1;
+            let v = (self.low + mask) & !mask;
+            if v < end {
+                self.low = v;
+                break;
+            }
+        }
         for _ in 0..5 {
             self.shift_low();
         }
@@ -267,6 +282,56 @@ mod tests {
             }
             assert!(dec.consumed() >= bytes.len());
         }
+    }
+
+    /// The flush as lmz wrote it before: `low` itself, five bytes less trimmed zeros.
+    fn finish_at_low(mut e: Encoder) -> Vec<u8> {
+        for _ in 0..5 {
+            e.shift_low();
+        }
+        e.out.remove(0);
+        while e.out.last() == Some(&0) {
+            e.out.pop();
+        }
+        e.out
+    }
+
+    /// The short flush never writes more than flushing `low`, saves about three bytes a stream
+    /// on average, and both decode to the same symbols (old archives stay valid).
+    #[test]
+    fn short_flush_saves_bytes_and_decodes_like_the_old_one() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let cum = table(&[1, 3, 40, 200, 7, 1000, 2, 90], 24);
+        let (mut saved, streams) = (0usize, 400);
+        for n in 0..streams {
+            let syms: Vec<usize> = (0..n % 97).map(|_| sample(&cum, &mut rng)).collect();
+            let encode = || {
+                let mut e = Encoder::new();
+                for &s in &syms {
+                    e.encode(cum[s], cum[s + 1] - cum[s], 24);
+                }
+                e
+            };
+            let (short, old) = (encode().finish(), finish_at_low(encode()));
+            assert!(
+                short.len() <= old.len(),
+                "{n}: {} > {}",
+                short.len(),
+                old.len()
+            );
+            saved += old.len() - short.len();
+            for bytes in [&short, &old] {
+                let mut dec = Decoder::new(bytes);
+                for &s in &syms {
+                    assert_eq!(dec.decode(&cum, 24), Some(s));
+                }
+                assert!(dec.consumed() >= bytes.len());
+            }
+        }
+        assert!(
+            saved >= 2 * streams,
+            "saved only {saved} bytes over {streams} streams"
+        );
     }
 
     #[test]

@@ -1553,14 +1553,16 @@ fn invalid_vectors() -> Vec<Invalid> {
                 put16(h, at, n + 1);
             }).assemble() },
         bad! { "primer-trailing-bytes", Primer,
-            "a byte 0x5A appended to the coded primer (primer_coded_len and header_len count it)",
+            "eight bytes 0x5A appended to the coded primer (primer_coded_len and header_len count them): more than the decoder reads, whose last bytes read may be the flush's trimmed zeros",
             Corrupt @ Decode, "the archive primer has bytes after the end", "the archive primer has bytes after the end",
             |r| r.patch_header(|h| {
+                // Not one byte: the flush leaves the final interval's low bits free, so a
+                // byte in the place of a trimmed zero may still decode the same tokens.
                 let at = primer_at(h) + 2;
                 let n = u16::from_le_bytes([h[at], h[at + 1]]);
-                put16(h, at, n + 1);
+                put16(h, at, n + 8);
                 let end = h.len() - 4;
-                h.insert(end, 0x5A);
+                h.splice(end..end, [0x5A; 8]);
                 let len = h.len() as u32;
                 put32(h, 12, len);
             }).assemble() },

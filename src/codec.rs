@@ -923,10 +923,12 @@ mod tests {
         for r in decode_all(&m, &primed, 2) {
             assert!(r.is_err());
         }
-        // A damaged primer stream is reported as the primer's, not as the blocks'.
+        // A damaged primer stream is reported as the primer's, not as the blocks'. Eight
+        // bytes, not one: one byte in the place of the flush's trimmed zeros is read by the
+        // decoder and may only change the primer's last tokens.
         let mut bad = header.clone();
         let p = bad.primer.as_mut().unwrap();
-        p.coded.push(0x5A);
+        p.coded.extend_from_slice(&[0x5A; 8]);
         let mut ls = Lockstep::new(Some(&m), 2);
         ls.set_writer(&bad);
         let e = decode_with(&mut ls, &refs).unwrap_err();

@@ -10,8 +10,9 @@
 //! symbol's sub-interval is `[⌊range·cum[s] / 2^bits⌋, ⌊range·cum[s+1] / 2^bits⌋)`, computed in
 //! 64-bit arithmetic. Compared with the classic `r = range / total` split this loses nothing to
 //! truncation but a rounding of at most one unit per end, which keeps the coded length within
-//! a few thousandths of a bit per symbol of the ideal `Σ −log2 p`. Flushing costs under two bytes
-//! per stream: it writes the point of the final interval with the most trailing zeros. `bits` may be at most 24 so every symbol's sub-interval is at least one unit wide.
+//! a few thousandths of a bit per symbol of the ideal `Σ −log2 p`. Flushing costs under two
+//! bytes per stream: it writes the point of the final interval with the most trailing zeros.
+//! `bits` may be at most 24 so every symbol's sub-interval is at least one unit wide.
 
 /// Largest frequency precision the coder supports.
 pub const MAX_BITS: u32 = 24;
@@ -82,7 +83,7 @@ impl Encoder {
     /// Any point of the final interval `[low, low + range)` decodes to the same symbols, and
     /// the decoder reads zeros past the end, so the flush writes the point with the most
     /// trailing zero bits: the multiple of the largest power of two the interval holds. Its
-    /// zero bytes are then trimmed, which saves about three bytes per stream over flushing
+    /// zero bytes are then trimmed, which saves two to three bytes per stream over flushing
     /// `low` itself (`range ≥ 2^24`, so at least 23 low bits are free).
     pub fn finish(mut self) -> Vec<u8> {
         let end = self.low + self.range as u64;
@@ -296,7 +297,7 @@ mod tests {
         e.out
     }
 
-    /// The short flush never writes more than flushing `low`, saves about three bytes a stream
+    /// The short flush never writes more than flushing `low`, saves at least two bytes a stream
     /// on average, and both decode to the same symbols (old archives stay valid).
     #[test]
     fn short_flush_saves_bytes_and_decodes_like_the_old_one() {

@@ -158,11 +158,18 @@ fn every_flip_and_truncation_of_a_primed_archive_is_rejected_or_exact() {
     sweep(true, Framing::Classic);
 }
 
-/// The compact framing (FORMAT.md §7.1, §8.1): varint headers, one CRC over each block
-/// record, index rows without offsets.
+/// The compact framing (FORMAT.md §6.1, §7.1, §8.1): varint headers, one CRC over each
+/// block record, index rows without offsets, compact entry records.
 #[test]
 fn every_flip_and_truncation_of_a_compact_archive_is_rejected_or_exact() {
     sweep(false, Framing::Compact);
+}
+
+/// Compact blocks with classic entry records (header flag bit 1 only: lmz 0.4's layout),
+/// primed.
+#[test]
+fn every_flip_and_truncation_of_a_compact_blocks_archive_is_rejected_or_exact() {
+    sweep(true, Framing::CompactBlocks);
 }
 
 fn sweep(primer: bool, framing: Framing) {

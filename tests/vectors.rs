@@ -268,6 +268,16 @@ fn order1_primer() -> WriterVector {
 fn basic_compact() -> WriterVector {
     WriterVector {
         name: "basic-compact",
+        framing: Framing::CompactBlocks,
+        ..basic()
+    }
+}
+
+/// `basic-compact-entries`: `basic`'s inputs with compact blocks and compact entry records
+/// (FORMAT.md §6.1): what lmz writes by default.
+fn basic_compact_entries() -> WriterVector {
+    WriterVector {
+        name: "basic-compact-entries",
         framing: Framing::Compact,
         ..basic()
     }
@@ -277,7 +287,7 @@ fn basic_compact() -> WriterVector {
 fn order1_compact() -> WriterVector {
     WriterVector {
         name: "order1-compact",
-        framing: Framing::Compact,
+        framing: Framing::CompactBlocks,
         width: 1,
         ..order1()
     }
@@ -287,7 +297,7 @@ fn order1_compact() -> WriterVector {
 fn order1_primer_compact() -> WriterVector {
     WriterVector {
         name: "order1-primer-compact",
-        framing: Framing::Compact,
+        framing: Framing::CompactBlocks,
         width: 1,
         ..order1_primer()
     }
@@ -747,8 +757,8 @@ impl Manifest {
         s.push_str("{\n  \"format_version\": 1,\n");
         // Listed only for compact archives, so the manifests of classic vectors are as
         // they were before the compact framing existed.
-        if self.framing == Framing::Compact {
-            s.push_str("  \"framing\": \"compact\",\n");
+        if self.framing != Framing::Classic {
+            let _ = writeln!(s, "  \"framing\": \"{}\",", self.framing.name());
         }
         let _ = writeln!(s, "  \"model\": \"{}\",", model_name(self.model));
         let _ = writeln!(s, "  \"block_size\": {},", self.block_size);
@@ -1099,9 +1109,15 @@ fn set_payload(b: &mut Vec<u8>, payload: &[u8]) {
     put32(b, 24, crc32fast::hash(payload));
 }
 
-fn entry_path(b: &[u8]) -> &[u8] {
+fn entry_path(b: &[u8]) -> Vec<u8> {
+    if b[0] == lmz::format::compact_entry::TAG {
+        return lmz::format::compact_entry::decode(b, 0)
+            .expect("entry")
+            .0
+            .path;
+    }
     let n = u16::from_le_bytes([b[52], b[53]]) as usize;
-    &b[58..58 + n]
+    b[58..58 + n].to_vec()
 }
 
 #[derive(Clone)]
@@ -1122,11 +1138,11 @@ impl Raw {
         let mut lens = Vec::new();
         for &o in &ix.entries {
             let o = o as usize;
-            let len = Entry::peek_len(&b[o..], o as u64).expect("entry");
+            let len = Entry::peek_len_framed(&b[o..], o as u64, h.framing).expect("entry");
             lens.push(len as u64);
             spans.push((o, Rec::Entry(b[o..o + len].to_vec())));
         }
-        if h.framing == Framing::Compact {
+        if h.framing.compact_blocks() {
             let none = vec![None; lens.len()];
             lmz::format::compact::place_blocks(
                 &mut ix,
@@ -1154,13 +1170,19 @@ impl Raw {
         }
     }
 
-    /// The framing the header's flags name (bit 1), so that edited headers keep theirs.
+    /// The framing the header's flags name (bits 1 and 2), so that edited headers keep
+    /// theirs (undefined flags: as their bit 1 says).
     fn framing(&self) -> Framing {
-        if self.header.len() >= 12 && get16(&self.header, 10) & 2 != 0 {
-            Framing::Compact
+        let flags = if self.header.len() >= 12 {
+            get16(&self.header, 10)
+        } else {
+            0
+        };
+        Framing::from_flags(flags).unwrap_or(if flags & 2 != 0 {
+            Framing::CompactBlocks
         } else {
             Framing::Classic
-        }
+        })
     }
 
     /// Header, records, then an index listing every entry and block record, and the footer.
@@ -1175,7 +1197,7 @@ impl Raw {
                     offset: out.len() as u64,
                     plain_len: match framing {
                         Framing::Classic => get32(b, 8),
-                        Framing::Compact => CompactRec::parse(b).plain_len(),
+                        _ => CompactRec::parse(b).plain_len(),
                     },
                     record_len: b.len() as u32,
                 }),
@@ -1222,9 +1244,10 @@ impl Raw {
     /// Decodes entry `path`, changes it, re-encodes it (with a valid CRC).
     fn edit_entry(mut self, path: &str, f: impl FnOnce(&mut Entry)) -> Raw {
         let i = self.entry_pos(path);
-        let (mut e, _) = Entry::decode(self.recs[i].bytes(), 0).expect("entry");
+        let framing = self.framing();
+        let (mut e, _) = Entry::decode_framed(self.recs[i].bytes(), 0, framing).expect("entry");
         f(&mut e);
-        self.recs[i] = Rec::Entry(e.encode());
+        self.recs[i] = Rec::Entry(e.encode_framed(framing));
         self
     }
 
@@ -1405,6 +1428,7 @@ struct Bases {
     primer: Raw,
     basic_compact: Raw,
     order1_compact: Raw,
+    basic_entries: Raw,
 }
 
 /// Which valid vector an invalid one is derived from.
@@ -1420,6 +1444,8 @@ enum Base {
     BasicCompact,
     /// `order1-compact`.
     Order1Compact,
+    /// `basic-compact-entries`.
+    BasicEntries,
     Nothing,
 }
 
@@ -2157,6 +2183,65 @@ fn invalid_vectors() -> Vec<Invalid> {
                     ix.splice(start..end, row);
                 })
             } },
+        // --- Compact entry records (§6.1) ----------------------------------------------
+        bad! { "compact-entries-without-compact-blocks", BasicEntries,
+            "header flags 0x0004: bit 2 (compact entries) without bit 1 (header CRC fixed)",
+            Unsupported @ Open, "header flags", "header flags",
+            |r| r.patch_header(|h| put16(h, 10, 0x0004)).assemble() },
+        bad! { "compact-entry-crc", BasicEntries, "compact entry record `empty`: CRC32 wrong",
+            Corrupt @ Open, "entry record CRC32 mismatch", "entry record CRC32 mismatch",
+            |mut r| {
+                let i = r.entry_pos("empty");
+                let e = r.recs[i].bytes_mut();
+                let n = e.len();
+                e[n - 1] ^= 0x01;
+                r.assemble()
+            } },
+        bad! { "compact-entry-unknown-kind", BasicEntries,
+            "compact entry record `empty`: kind 9 (CRC fixed)",
+            Unsupported @ Open, "entry kind 9", "entry kind 9",
+            |r| r.patch_entry("empty", |e| e[2] = 9).assemble() },
+        bad! { "compact-entry-non-minimal", BasicEntries,
+            "compact entry record `empty`: uid 1000 as a three-byte varint (`E8 87 00`; record_len and CRC fixed)",
+            Corrupt @ Open, "entry uid: non-minimal varint", "entry uid: non-minimal varint",
+            |mut r| {
+                let i = r.entry_pos("empty");
+                let e = r.recs[i].bytes();
+                // tag, record_len, kind, mode (0o600: two bytes), then uid 1000 = E8 07.
+                assert_eq!(&e[5..7], &[0xE8, 0x07]);
+                let mut d = e[..5].to_vec();
+                d.extend_from_slice(&[0xE8, 0x87, 0x00]);
+                d.extend_from_slice(&e[7..]);
+                d[1] += 1;
+                fix_tail_crc(&mut d);
+                r.recs[i] = Rec::Entry(d);
+                r.assemble()
+            } },
+        bad! { "compact-entry-lengths", BasicEntries,
+            "compact entry record `empty`: path_len one less than its path (the lengths no longer fill the record; CRC fixed)",
+            Corrupt @ Open, "lengths disagree with its record length", "lengths disagree with its record length",
+            |r| r.patch_entry("empty", |e| {
+                // The path `empty` ends 4 bytes before the end; before it link_len, path_len.
+                let n = e.len();
+                assert_eq!((e[n - 11], e[n - 10]), (5, 0));
+                e[n - 11] = 4;
+            }).assemble() },
+        bad! { "compact-entry-bad-mode", BasicEntries,
+            "compact entry record `empty`: mode 0o10600, beyond 0o7777 (CRC fixed)",
+            Corrupt @ Open, "has bits beyond 0o7777", "has bits beyond 0o7777",
+            |r| r.patch_entry("empty", |e| {
+                assert_eq!(&e[3..5], &[0x80, 0x03]); // 0o600
+                e[4] = 0x23; // 0o10600
+            }).assemble() },
+        bad! { "compact-entry-classic", BasicEntries,
+            "entry record `empty` written as a classic record (`LMZE`, its CRC right) in an archive with compact entries",
+            Corrupt @ Open, "bad compact entry tag", "unknown record magic",
+            |mut r| {
+                let i = r.entry_pos("empty");
+                let (e, _) = lmz::format::compact_entry::decode(r.recs[i].bytes(), 0).expect("entry");
+                r.recs[i] = Rec::Entry(e.encode());
+                r.assemble()
+            } },
     ]
 }
 
@@ -2195,6 +2280,7 @@ fn valid_vectors() -> Vec<ValidOut> {
         ("basic-compact", "`basic`'s entries and blocks in the compact framing (header flag bit 1, FORMAT.md §7.1, §8.1): each block record is a codec byte, varint lengths and two CRCs (zstd blocks 0, 2, 3 and stored block 1, interleaved with entry records), and the index rows hold no offsets, only each record's length and plain length: the blocks are placed by the tiling."),
         ("order1-compact", "`order1`'s entries and blocks in the compact framing, in the canonical record order (width 1): model-coded blocks 0–3 carry a `tokens` varint, zstd block 4 and stored block 5 do not."),
         ("order1-primer-compact", "`order1-primer` (context policy 2, a 200-token primer) in the compact framing, in the canonical record order."),
+        ("basic-compact-entries", "`basic`'s entries and blocks with header flags bits 1 and 2 (FORMAT.md §6.1): `basic-compact`'s blocks and index, and every entry record compact (tag `E`, varint fields, the mtime's seconds zigzag-coded; 26–44 bytes here instead of 66–81). What lmz writes by default."),
         ("order1-primer", "`order1`'s entries and blocks under context policy 2 (FORMAT.md §12.8): the header carries a 200-token primer (the first 200 bytes of `a.txt`, coded from an empty context) and every model-coded block starts after it, its first input the primer's last token. A decoder that ignores the primer, or feeds it differently, decodes other bytes."),
     ];
     for v in [
@@ -2205,6 +2291,7 @@ fn valid_vectors() -> Vec<ValidOut> {
         basic_compact(),
         order1_compact(),
         order1_primer_compact(),
+        basic_compact_entries(),
     ] {
         let bytes = committed(&v);
         let manifest = manifest_from_inputs(&bytes, &v.inputs).to_json();
@@ -2256,6 +2343,7 @@ fn bases() -> Bases {
         primer: Raw::parse(&committed(&order1_primer())),
         basic_compact: Raw::parse(&committed(&basic_compact())),
         order1_compact: Raw::parse(&committed(&order1_compact())),
+        basic_entries: Raw::parse(&committed(&basic_compact_entries())),
     }
 }
 
@@ -2286,6 +2374,7 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             Base::Primer => b.primer.clone(),
             Base::BasicCompact => b.basic_compact.clone(),
             Base::Order1Compact => b.order1_compact.clone(),
+            Base::BasicEntries => b.basic_entries.clone(),
             Base::Nothing => Raw {
                 header: Vec::new(),
                 recs: Vec::new(),
@@ -2326,6 +2415,7 @@ fn readme(valid: &[ValidOut], invalid: &[Invalid], files: &BTreeMap<String, Vec<
             Base::Primer => "order1-primer",
             Base::BasicCompact => "basic-compact",
             Base::Order1Compact => "order1-compact",
+            Base::BasicEntries => "basic-compact-entries",
             Base::Nothing => "—",
         };
         let len = files[&format!("invalid/{}.lmz", v.name)].len();
@@ -2753,6 +2843,7 @@ fn bases_are_the_committed_vectors() {
         ("order1", &b.order1),
         ("basic-compact", &b.basic_compact),
         ("order1-compact", &b.order1_compact),
+        ("basic-compact-entries", &b.basic_entries),
     ] {
         let disk = std::fs::read(vectors_dir().join(format!("valid/{name}.lmz"))).unwrap();
         assert!(raw.assemble() == disk, "{name}");

@@ -18,8 +18,8 @@ use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use sha2::Digest;
 
 use crate::error::{Error, Result};
-use crate::format::compact;
 use crate::format::part::{PartFooter, PartHeader, PlanHasher, PART_FOOTER_LEN};
+use crate::format::{compact, compact_entry};
 use crate::format::{
     BlockHeader, BlockRef, Entry, EntryKind, Footer, Framing, ModelKind, BLOCK_HEADER_LEN,
     BLOCK_MAGIC, ENTRY_MAGIC, INDEX_FIXED_LEN, INDEX_MAGIC,
@@ -121,7 +121,9 @@ fn open<R: Read + Seek>(name: String, mut r: R) -> Result<Opened<R>> {
             entries as u128 * 8 + blocks as u128 * 16 + (INDEX_FIXED_LEN + 4) as u128
                 == foot.index_len as u128
         }
-        Framing::Compact => compact::index_len_fits(entries, blocks, foot.index_len),
+        Framing::CompactBlocks | Framing::Compact => {
+            compact::index_len_fits(entries, blocks, foot.index_len)
+        }
     };
     if !fits {
         return Err(in_part(
@@ -321,7 +323,8 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
         .collect::<Result<Vec<_>>>()?;
     let mut parts = check_set(opened)?;
     let header = parts[0].head.header.clone();
-    let compact = header.framing == Framing::Compact;
+    let framing = header.framing;
+    let compact = framing.compact_blocks();
     let header_bytes = parts[0].head.header_bytes.clone();
     let wr = |e| Error::io("merged archive", e);
     out.write_all(&header_bytes).map_err(wr)?;
@@ -329,7 +332,7 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
     let mut plan = PlanHasher::new(&header, parts[0].head.zstd_level);
     let mut catalog = Catalog::default();
     let mut data_len = 0u64;
-    // One entry record at most (8254 bytes, §6).
+    // One entry record at most (8254 bytes, §6; 8263 compact, §6.1).
     let mut buf = vec![0u8; 1 << 14];
     let mut passed = Vec::with_capacity(parts.len());
     for p in &mut parts {
@@ -349,21 +352,28 @@ pub fn merge<R: Read + Seek, W: Write>(parts: Vec<(String, R)>, mut out: W) -> R
             let rel = off - base;
             let mut m = [0u8; 8];
             // A compact block record starts with its codec byte, every other with 'L'.
+            // A compact entry record (FORMAT.md §6.1) starts with its tag 'E'.
             r.read_exact(&mut m[..1]).map_err(ioe)?;
-            let compact_block = compact && m[0] != b'L';
-            if !compact_block {
+            let compact_entry = framing.compact_entries() && m[0] == compact_entry::TAG;
+            let compact_block = compact && !compact_entry && m[0] != b'L';
+            if !compact_block && !compact_entry {
                 r.read_exact(&mut m[1..4]).map_err(ioe)?;
             }
-            if !compact_block && m[..4] == ENTRY_MAGIC {
-                r.read_exact(&mut m[4..]).map_err(ioe)?;
-                let len = Entry::peek_len(&m, off).map_err(err)?;
+            let classic_entry = !framing.compact_entries() && m[..4] == ENTRY_MAGIC;
+            if compact_entry || !compact_block && classic_entry {
+                let (have, peek) = (
+                    if compact_entry { 1 } else { 4 },
+                    Entry::peek_bytes(framing),
+                );
+                r.read_exact(&mut m[have..peek]).map_err(ioe)?;
+                let len = Entry::peek_len_framed(&m[..peek], off, framing).map_err(err)?;
                 if off + len as u64 > end {
                     return Err(err(Error::corrupt(off, "entry record overruns the body")));
                 }
                 let rec = &mut buf[..len];
-                rec[..8].copy_from_slice(&m);
-                r.read_exact(&mut rec[8..]).map_err(ioe)?;
-                let (e, _) = Entry::decode(rec, off).map_err(err)?;
+                rec[..peek].copy_from_slice(&m[..peek]);
+                r.read_exact(&mut rec[peek..]).map_err(ioe)?;
+                let (e, _) = Entry::decode_framed(rec, off, framing).map_err(err)?;
                 // Entry before data (FORMAT.md §10.4 rule 5), and the readers' entry rules.
                 if e.kind == EntryKind::File && e.size > 0 && e.data_start < data_len {
                     return Err(err(Error::corrupt(
@@ -745,7 +755,7 @@ mod tests {
     fn merged_parts_are_the_single_archive() {
         let m = Order1::new(512);
         let items = items();
-        for framing in [Framing::Compact, Framing::Classic] {
+        for framing in [Framing::Compact, Framing::CompactBlocks, Framing::Classic] {
             let o = WriterOptions { framing, ..opts(3) };
             let single = write(
                 Writer::new(Vec::new(), Some(&m as &dyn Model), o).unwrap(),

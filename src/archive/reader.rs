@@ -96,7 +96,8 @@ impl Archive {
                     "entry record offset out of order or outside the body",
                 ));
             }
-            let (e, n) = Entry::decode(&b[off as usize..body.end as usize], off)?;
+            let (e, n) =
+                Entry::decode_framed(&b[off as usize..body.end as usize], off, header.framing)?;
             catalog.push(e, off)?;
             prev_end = off + n as u64;
             entry_lens.push(n as u64);
@@ -127,7 +128,7 @@ impl Archive {
                 }
                 check_tiling(b, &index, &catalog, body.clone())?;
             }
-            Framing::Compact => {
+            Framing::CompactBlocks | Framing::Compact => {
                 // The rows hold no offsets: the tiling places the blocks, and checks
                 // itself and record order on the way (FORMAT.md §8.1).
                 let data_of: Vec<Option<u64>> = catalog
@@ -242,18 +243,21 @@ impl Archive {
         self.header.framing
     }
 
-    /// Bytes the block framing of this archive's blocks takes in `framing`: every block
-    /// header and index row (FORMAT.md §7, §7.1, §8, §8.1). Everything else (header, entry
-    /// records, payloads, the index's fixed part, footer) is the same in both framings, so
-    /// the difference of two calls is exactly what re-framing the archive would change.
+    /// Bytes the framing of this archive's records takes in `framing`: every block header
+    /// and index row, and every entry record (FORMAT.md §6, §6.1, §7, §7.1, §8, §8.1).
+    /// Everything else (header, payloads, the index's fixed part and entry offsets, footer)
+    /// is the same in every framing, so the difference of two calls is exactly what
+    /// re-framing the archive would change.
     pub fn framing_bytes(&self, framing: Framing) -> Result<u64> {
-        let mut n = 0u64;
+        let mut n: u64 = (self.catalog.entries().iter())
+            .map(|e| e.encode_framed(framing).len() as u64)
+            .sum();
         for i in 0..self.blocks.len() {
             let h = self.block(i)?.header;
             let record = h.record_len(framing) as u64;
             let row = match framing {
                 Framing::Classic => crate::format::INDEX_BLOCK_ROW,
-                Framing::Compact => compact::row_len(&BlockRef {
+                Framing::CompactBlocks | Framing::Compact => compact::row_len(&BlockRef {
                     offset: 0,
                     plain_len: h.plain_len,
                     record_len: record as u32,
@@ -289,7 +293,7 @@ impl Archive {
                     payload: &b[start..start + h.coded_len as usize],
                 })
             }
-            Framing::Compact => {
+            Framing::CompactBlocks | Framing::Compact => {
                 // The record lies within the body (the index placed it there).
                 let rec = &b[r.offset as usize..r.end() as usize];
                 let (mut h, hlen, stored) =

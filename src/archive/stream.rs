@@ -9,7 +9,7 @@ use std::io::Read;
 
 use crate::codec::{decode_with, BlockRefData, Lockstep};
 use crate::error::{Error, Result};
-use crate::format::compact;
+use crate::format::{compact, compact_entry};
 use crate::format::{
     BlockHeader, BlockRef, Codec, Entry, Footer, Framing, Header, Index, BLOCK_HEADER_LEN,
     BLOCK_MAGIC, ENTRY_MAGIC, FOOTER_LEN, INDEX_MAGIC,
@@ -138,14 +138,19 @@ pub fn extract_stream<'m, R: Read>(
         Ok(())
     };
 
-    let compact = header.framing == Framing::Compact;
+    let compact = header.framing.compact_blocks();
+    let compact_entries = header.framing.compact_entries();
     loop {
         let at = inp.pos;
         let mut magic = [0u8; 4];
         // Compact block records start with their codec byte, every other record with 'L'
         // (FORMAT.md §7.1): one byte tells them apart.
         inp.exact(&mut magic[..1], "the record stream (no index was found)")?;
-        let block = if compact && magic[0] != b'L' {
+        // A compact entry record starts with its tag 'E' (§6.1).
+        let entry_tag = compact_entries && magic[0] == compact_entry::TAG;
+        let block = if entry_tag {
+            None
+        } else if compact && magic[0] != b'L' {
             Some(read_compact_block(
                 &mut inp,
                 magic[0],
@@ -188,14 +193,18 @@ pub fn extract_stream<'m, R: Read>(
                 flush(&mut queue, &mut routed, &mut ex)?;
                 model_queued = 0;
             }
-        } else if magic == ENTRY_MAGIC {
-            let mut rec = magic.to_vec();
-            rec.resize(8, 0);
-            inp.exact(&mut rec[4..], "an entry record")?;
-            let n = Entry::peek_len(&rec, at)?;
+        } else if entry_tag || magic == ENTRY_MAGIC && !compact_entries {
+            let (have, peek) = (
+                if entry_tag { 1 } else { 4 },
+                Entry::peek_bytes(header.framing),
+            );
+            let mut rec = magic[..have].to_vec();
+            rec.resize(peek, 0);
+            inp.exact(&mut rec[have..], "an entry record")?;
+            let n = Entry::peek_len_framed(&rec, at, header.framing)?;
             rec.resize(n, 0);
-            inp.exact(&mut rec[8..], "an entry record")?;
-            let (e, _) = Entry::decode(&rec, at)?;
+            inp.exact(&mut rec[peek..], "an entry record")?;
+            let (e, _) = Entry::decode_framed(&rec, at, header.framing)?;
             if e.kind == crate::format::EntryKind::File && e.size > 0 && e.data_start < seen {
                 return Err(Error::corrupt(
                     at,
@@ -215,7 +224,9 @@ pub fn extract_stream<'m, R: Read>(
             };
             let expect_len = match header.framing {
                 Framing::Classic => expect.encode().len(),
-                Framing::Compact => compact::index_len(expect.entries.len(), &expect.blocks),
+                Framing::CompactBlocks | Framing::Compact => {
+                    compact::index_len(expect.entries.len(), &expect.blocks)
+                }
             };
             let mut ib = magic.to_vec();
             ib.resize(expect_len, 0);

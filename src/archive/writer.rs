@@ -34,8 +34,9 @@ pub struct WriterOptions {
     /// Model blocks coded together in lockstep.
     pub width: usize,
     pub zstd_level: i32,
-    /// Block framing (FORMAT.md §7.1): compact by default; classic for archives lmz 0.3
-    /// and earlier read, and for the ablation.
+    /// Record framing (FORMAT.md §6.1, §7.1): compact blocks and entries by default;
+    /// compact blocks only for lmz 0.4 readers; classic for lmz 0.3 and earlier, and for
+    /// the ablation.
     pub framing: Framing,
 }
 
@@ -378,7 +379,7 @@ impl<'m, W: Write> Writer<'m, W> {
     }
 
     fn write_entry(&mut self, e: Entry) -> Result<()> {
-        let b = e.encode();
+        let b = e.encode_framed(self.opts.framing);
         // The catalog applies the readers' rules, so the writer cannot produce an archive
         // they would reject.
         self.catalog

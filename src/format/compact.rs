@@ -26,12 +26,20 @@ pub const MIN_HEADER_LEN: usize = 1 + 1 + 1 + 8;
 /// The longest: codec, three five-byte varints, two CRCs.
 pub const MAX_HEADER_LEN: usize = 1 + 3 * MAX_VARINT_LEN + 8;
 
-/// How block records and the index's block rows are laid out (header `flags` bit 1).
+/// Header flag bit 2: every entry record is a compact entry record (FORMAT.md §6.1). Only
+/// with bit 1: compact entries come with compact blocks.
+pub const FLAG_COMPACT_ENTRIES: u16 = 0x0004;
+
+/// How the archive's records are laid out (header `flags` bits 1 and 2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Framing {
-    /// 32-byte block headers with magic `LMZB`, 16-byte index rows with offsets (§7, §8).
+    /// 32-byte block headers with magic `LMZB`, 16-byte index rows with offsets, 62-byte
+    /// fixed entry records (§6, §7, §8).
     Classic,
-    /// The compact framing of this module (§7.1, §8.1).
+    /// Compact block records and index rows (§7.1, §8.1), classic entry records: what
+    /// lmz 0.4 wrote, and the newest layout it reads.
+    CompactBlocks,
+    /// Compact block records, index rows and entry records (§6.1, §7.1, §8.1).
     #[default]
     Compact,
 }
@@ -40,6 +48,7 @@ impl Framing {
     pub fn name(self) -> &'static str {
         match self {
             Framing::Classic => "classic",
+            Framing::CompactBlocks => "compact-blocks",
             Framing::Compact => "compact",
         }
     }
@@ -48,8 +57,30 @@ impl Framing {
     pub fn flags(self) -> u16 {
         match self {
             Framing::Classic => 0,
-            Framing::Compact => FLAG_COMPACT_BLOCKS,
+            Framing::CompactBlocks => FLAG_COMPACT_BLOCKS,
+            Framing::Compact => FLAG_COMPACT_BLOCKS | FLAG_COMPACT_ENTRIES,
         }
+    }
+
+    /// The framing header flags `flags` select; `None` for flags version 1 does not define
+    /// (any bit but 1 and 2, or bit 2 without bit 1): unsupported.
+    pub fn from_flags(flags: u16) -> Option<Framing> {
+        match flags {
+            0 => Some(Framing::Classic),
+            FLAG_COMPACT_BLOCKS => Some(Framing::CompactBlocks),
+            f if f == FLAG_COMPACT_BLOCKS | FLAG_COMPACT_ENTRIES => Some(Framing::Compact),
+            _ => None,
+        }
+    }
+
+    /// Whether block records and the index rows are compact (§7.1, §8.1).
+    pub fn compact_blocks(self) -> bool {
+        self != Framing::Classic
+    }
+
+    /// Whether entry records are compact (§6.1).
+    pub fn compact_entries(self) -> bool {
+        self == Framing::Compact
     }
 }
 
@@ -104,6 +135,66 @@ pub fn get_varint(b: &[u8], at: usize, base: u64, what: &str) -> Result<(u32, us
         base + at as u64,
         format!("{what}: varint longer than 5 bytes"),
     ))
+}
+
+/// Most bytes of a 64-bit varint: 10 groups of 7 bits (the last holds one bit).
+pub const MAX_VARINT64_LEN: usize = 10;
+
+/// Bytes of `v` as a minimal LEB128 varint.
+pub fn varint64_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+pub fn put_varint64(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The 64-bit varint at `b[at..]` (§2), as [`get_varint`] reads a 32-bit one: truncated,
+/// non-minimal, longer than 10 bytes or above 2^64 − 1 (a tenth byte above 1) is corrupt.
+pub fn get_varint64(b: &[u8], at: usize, base: u64, what: &str) -> Result<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..MAX_VARINT64_LEN {
+        let Some(&c) = b.get(at + i) else {
+            return Err(Error::corrupt(
+                base + (at + i) as u64,
+                format!("{what}: truncated varint"),
+            ));
+        };
+        if i == MAX_VARINT64_LEN - 1 && c > 1 {
+            return Err(Error::corrupt(
+                base + at as u64,
+                format!("{what}: varint above 2^64 - 1"),
+            ));
+        }
+        v |= ((c & 0x7F) as u64) << (7 * i);
+        if c & 0x80 == 0 {
+            if i > 0 && c == 0 {
+                return Err(Error::corrupt(
+                    base + at as u64,
+                    format!("{what}: non-minimal varint"),
+                ));
+            }
+            return Ok((v, at + i + 1));
+        }
+    }
+    Err(Error::corrupt(
+        base + at as u64,
+        format!("{what}: varint longer than 10 bytes"),
+    ))
+}
+
+/// A signed value as the unsigned one a varint holds (zigzag: 0, −1, 1, −2, … → 0, 1, 2,
+/// 3, …), so times near 1970, before and after, stay short.
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub fn unzigzag(u: u64) -> i64 {
+    (u >> 1) as i64 ^ -((u & 1) as i64)
 }
 
 /// Length of the compact block header that `b` starts, once `b` holds enough of it:

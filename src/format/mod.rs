@@ -12,9 +12,10 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use crate::error::{Error, Result};
 
 pub mod compact;
+pub mod compact_entry;
 pub mod part;
 
-pub use compact::{Framing, FLAG_COMPACT_BLOCKS};
+pub use compact::{Framing, FLAG_COMPACT_BLOCKS, FLAG_COMPACT_ENTRIES};
 
 pub const VERSION: u16 = 1;
 pub const HEADER_MAGIC: [u8; 8] = *b"\x89LMZ\r\n\x1a\n";
@@ -316,19 +317,13 @@ impl Header {
             return Err(Error::corrupt(len as u64 - 4, "header CRC32 mismatch"));
         }
         let flags = LE::read_u16(&b[10..]);
-        if flags & !FLAG_COMPACT_BLOCKS != 0 {
-            return Err(Error::Unsupported {
-                offset: 10,
-                detail: format!(
-                    "header flags {flags:#06x} (version 1 defines only bit 1, compact blocks)"
-                ),
-            });
-        }
-        let framing = if flags & FLAG_COMPACT_BLOCKS != 0 {
-            Framing::Compact
-        } else {
-            Framing::Classic
-        };
+        let framing = Framing::from_flags(flags).ok_or_else(|| Error::Unsupported {
+            offset: 10,
+            detail: format!(
+                "header flags {flags:#06x} (version 1 defines bit 1, compact blocks, and bit 2, \
+                 compact entries, with bit 1)"
+            ),
+        })?;
         let block_size = LE::read_u32(&b[16..]);
         if block_size == 0 || block_size > MAX_BLOCK_SIZE {
             return Err(Error::corrupt(
@@ -580,7 +575,7 @@ impl BlockHeader {
     pub fn record_len(&self, framing: Framing) -> u32 {
         let head = match framing {
             Framing::Classic => BLOCK_HEADER_LEN,
-            Framing::Compact => {
+            Framing::CompactBlocks | Framing::Compact => {
                 1 + compact::varint_len(self.plain_len)
                     + compact::varint_len(self.coded_len)
                     + if self.codec == Codec::Model {
@@ -598,9 +593,19 @@ impl BlockHeader {
     pub fn encode_framed(&self, framing: Framing) -> Vec<u8> {
         match framing {
             Framing::Classic => self.encode().to_vec(),
-            Framing::Compact => self.encode_compact(),
+            Framing::CompactBlocks | Framing::Compact => self.encode_compact(),
         }
     }
+}
+
+/// Where an entry record's fields lie (archive offsets), for errors: the classic record's
+/// fields are at fixed places, the compact record's where its varints put them.
+pub(crate) struct FieldAt {
+    pub kind: u64,
+    pub mode: u64,
+    pub mtime_nsec: u64,
+    pub path: u64,
+    pub record: u64,
 }
 
 /// Entry types.
@@ -658,6 +663,43 @@ impl Entry {
         let c = crc(&b);
         b.extend_from_slice(&c.to_le_bytes());
         b
+    }
+
+    /// The entry's record in `framing`'s entry encoding (§6, §6.1).
+    pub fn encode_framed(&self, framing: Framing) -> Vec<u8> {
+        if framing.compact_entries() {
+            compact_entry::encode(self)
+        } else {
+            self.encode()
+        }
+    }
+
+    /// Bytes [`Entry::peek_len_framed`] needs of a record (fewer where the archive ends
+    /// sooner): enough for its magic or tag and its length.
+    pub fn peek_bytes(framing: Framing) -> usize {
+        if framing.compact_entries() {
+            compact_entry::PEEK_LEN
+        } else {
+            8
+        }
+    }
+
+    /// [`Entry::peek_len`] for `framing`'s entry encoding.
+    pub fn peek_len_framed(b: &[u8], offset: u64, framing: Framing) -> Result<usize> {
+        if framing.compact_entries() {
+            compact_entry::peek_len(b, offset)
+        } else {
+            Entry::peek_len(b, offset)
+        }
+    }
+
+    /// [`Entry::decode`] for `framing`'s entry encoding.
+    pub fn decode_framed(b: &[u8], offset: u64, framing: Framing) -> Result<(Entry, usize)> {
+        if framing.compact_entries() {
+            compact_entry::decode(b, offset)
+        } else {
+            Entry::decode(b, offset)
+        }
     }
 
     /// Length of the entry record starting `b` (needs 8 bytes), checked against its bounds.
@@ -739,20 +781,31 @@ impl Entry {
     }
 
     fn validate(&self, offset: u64) -> Result<()> {
+        self.validate_at(&FieldAt {
+            kind: offset + 8,
+            mode: offset + 12,
+            mtime_nsec: offset + 32,
+            path: offset + ENTRY_FIXED_LEN as u64,
+            record: offset,
+        })
+    }
+
+    /// The entry rules of §6 and §10.1 that both encodings share; `at` says where each field
+    /// lies, for the error.
+    pub(crate) fn validate_at(&self, at: &FieldAt) -> Result<()> {
         if self.mode & !0o7777 != 0 {
             return Err(Error::corrupt(
-                offset + 12,
+                at.mode,
                 format!("mode {:#o} has bits beyond 0o7777", self.mode),
             ));
         }
         if self.mtime_nsec >= 1_000_000_000 {
             return Err(Error::corrupt(
-                offset + 32,
+                at.mtime_nsec,
                 "mtime nanoseconds out of range",
             ));
         }
-        check_path(&self.path)
-            .map_err(|why| Error::corrupt(offset + ENTRY_FIXED_LEN as u64, why))?;
+        check_path(&self.path).map_err(|why| Error::corrupt(at.path, why))?;
         let ok = match self.kind {
             EntryKind::File => self.link.is_empty(),
             EntryKind::Dir => self.link.is_empty() && self.size == 0 && self.data_start == 0,
@@ -762,16 +815,16 @@ impl Entry {
             }
         };
         if !ok {
-            return Err(Error::corrupt(
-                offset + 8,
-                "entry fields do not fit its kind",
-            ));
+            return Err(Error::corrupt(at.kind, "entry fields do not fit its kind"));
         }
         if self.link.len() > MAX_LINK_LEN {
-            return Err(Error::corrupt(offset, "link target longer than 4096 bytes"));
+            return Err(Error::corrupt(
+                at.record,
+                "link target longer than 4096 bytes",
+            ));
         }
         if self.link.contains(&0) {
-            return Err(Error::corrupt(offset, "link target contains a NUL byte"));
+            return Err(Error::corrupt(at.record, "link target contains a NUL byte"));
         }
         Ok(())
     }
@@ -834,7 +887,7 @@ impl Index {
     pub fn encode_framed(&self, framing: Framing) -> Vec<u8> {
         match framing {
             Framing::Classic => self.encode(),
-            Framing::Compact => self.encode_compact(),
+            Framing::CompactBlocks | Framing::Compact => self.encode_compact(),
         }
     }
 
@@ -842,7 +895,7 @@ impl Index {
     pub fn decode_framed(b: &[u8], offset: u64, framing: Framing) -> Result<Index> {
         match framing {
             Framing::Classic => Index::decode(b, offset),
-            Framing::Compact => Index::decode_compact(b, offset),
+            Framing::CompactBlocks | Framing::Compact => Index::decode_compact(b, offset),
         }
     }
 

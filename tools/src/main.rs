@@ -123,8 +123,10 @@ enum Cmd {
         /// the same archive as with one worker, byte for byte.
         #[arg(long, value_name = "N", default_value_t = 1)]
         workers: usize,
-        /// Block framing: compact (the default: about 19 bytes per block for header and
-        /// index row) or classic (48 bytes per block; what lmz 0.3 and earlier read).
+        /// Record framing: compact (the default: about 19 bytes per block for header and
+        /// index row, about 30 per entry plus its path), compact-blocks (compact blocks,
+        /// 62-byte entries plus the path: what lmz 0.4 reads) or classic (48 bytes per
+        /// block; what lmz 0.3 and earlier read).
         #[arg(long, value_enum, default_value_t = FramingArg::Compact)]
         framing: FramingArg,
         #[command(flatten)]
@@ -269,6 +271,7 @@ fn open_archive(path: &Path) -> Result<Archive> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum FramingArg {
     Compact,
+    CompactBlocks,
     Classic,
 }
 
@@ -276,6 +279,7 @@ impl From<FramingArg> for lmz::format::Framing {
     fn from(f: FramingArg) -> Self {
         match f {
             FramingArg::Compact => lmz::format::Framing::Compact,
+            FramingArg::CompactBlocks => lmz::format::Framing::CompactBlocks,
             FramingArg::Classic => lmz::format::Framing::Classic,
         }
     }

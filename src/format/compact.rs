@@ -7,7 +7,9 @@
 //!
 //! Every varint is minimal (no trailing `0x80 … 0x00`) and fits a u32 (at most 5 bytes):
 //! one value, one encoding, so a compact archive is still a function of its inputs and a
-//! flipped continuation bit cannot pass unnoticed as a different-but-equal encoding.
+//! flipped continuation bit cannot pass unnoticed as a different-but-equal encoding. The
+//! 64-bit and zigzag varints here serve the compact entry records (§6.1, header flag bit
+//! 2, `compact_entry`); [`Framing`] names the three layouts the two flag bits select.
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 

@@ -1251,6 +1251,15 @@ impl Raw {
         self
     }
 
+    /// Flips the low bit of entry record `path`'s CRC: the one defect left in it.
+    fn flip_entry_crc(mut self, path: &str) -> Raw {
+        let i = self.entry_pos(path);
+        let e = self.recs[i].bytes_mut();
+        let n = e.len();
+        e[n - 1] ^= 0x01;
+        self
+    }
+
     /// Patches the bytes of entry record `path`, then fixes its CRC.
     fn patch_entry(mut self, path: &str, f: impl FnOnce(&mut [u8])) -> Raw {
         let i = self.entry_pos(path);
@@ -1762,13 +1771,7 @@ fn invalid_vectors() -> Vec<Invalid> {
         // --- Entry records ----------------------------------------------------------------
         bad! { "entry-crc", Basic, "entry record `empty`: CRC32 wrong",
             Corrupt @ Open, "entry record CRC32 mismatch", "entry record CRC32 mismatch",
-            |mut r| {
-                let i = r.entry_pos("empty");
-                let e = r.recs[i].bytes_mut();
-                let n = e.len();
-                e[n - 1] ^= 0x01;
-                r.assemble()
-            } },
+            |r| r.flip_entry_crc("empty").assemble() },
         bad! { "entry-bad-magic", Basic, "entry record `empty` starts with \"LMZX\" (CRC fixed)",
             Corrupt @ Open, "bad entry magic", "unknown record magic",
             |r| r.patch_entry("empty", |e| e[3] = b'X').assemble() },
@@ -2190,13 +2193,7 @@ fn invalid_vectors() -> Vec<Invalid> {
             |r| r.patch_header(|h| put16(h, 10, 0x0004)).assemble() },
         bad! { "compact-entry-crc", BasicEntries, "compact entry record `empty`: CRC32 wrong",
             Corrupt @ Open, "entry record CRC32 mismatch", "entry record CRC32 mismatch",
-            |mut r| {
-                let i = r.entry_pos("empty");
-                let e = r.recs[i].bytes_mut();
-                let n = e.len();
-                e[n - 1] ^= 0x01;
-                r.assemble()
-            } },
+            |r| r.flip_entry_crc("empty").assemble() },
         bad! { "compact-entry-unknown-kind", BasicEntries,
             "compact entry record `empty`: kind 9 (CRC fixed)",
             Unsupported @ Open, "entry kind 9", "entry kind 9",

@@ -88,55 +88,17 @@ impl Framing {
 
 /// Bytes of `v` as a minimal LEB128 varint.
 pub fn varint_len(v: u32) -> usize {
-    match v {
-        0..=0x7F => 1,
-        0x80..=0x3FFF => 2,
-        0x4000..=0x1F_FFFF => 3,
-        0x20_0000..=0xFFF_FFFF => 4,
-        _ => 5,
-    }
+    varint64_len(v as u64)
 }
 
-pub fn put_varint(out: &mut Vec<u8>, mut v: u32) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+pub fn put_varint(out: &mut Vec<u8>, v: u32) {
+    put_varint64(out, v as u64)
 }
 
 /// The varint at `b[at..]`: its value and the position after it. `base` is `b`'s archive
 /// offset (for errors). Truncated, non-minimal, longer than 5 bytes or above u32: corrupt.
 pub fn get_varint(b: &[u8], at: usize, base: u64, what: &str) -> Result<(u32, usize)> {
-    let mut v = 0u64;
-    for i in 0..MAX_VARINT_LEN {
-        let Some(&c) = b.get(at + i) else {
-            return Err(Error::corrupt(
-                base + (at + i) as u64,
-                format!("{what}: truncated varint"),
-            ));
-        };
-        v |= ((c & 0x7F) as u64) << (7 * i);
-        if c & 0x80 == 0 {
-            if i > 0 && c == 0 {
-                return Err(Error::corrupt(
-                    base + at as u64,
-                    format!("{what}: non-minimal varint"),
-                ));
-            }
-            if v > u32::MAX as u64 {
-                return Err(Error::corrupt(
-                    base + at as u64,
-                    format!("{what}: varint above 2^32 - 1"),
-                ));
-            }
-            return Ok((v as u32, at + i + 1));
-        }
-    }
-    Err(Error::corrupt(
-        base + at as u64,
-        format!("{what}: varint longer than 5 bytes"),
-    ))
+    get_bounded(b, at, base, what, MAX_VARINT_LEN, 32).map(|(v, p)| (v as u32, p))
 }
 
 /// Most bytes of a 64-bit varint: 10 groups of 7 bits (the last holds one bit).
@@ -156,23 +118,30 @@ pub fn put_varint64(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// The 64-bit varint at `b[at..]` (§2), as [`get_varint`] reads a 32-bit one: truncated,
-/// non-minimal, longer than 10 bytes or above 2^64 − 1 (a tenth byte above 1) is corrupt.
+/// non-minimal, longer than 10 bytes or above 2^64 − 1 is corrupt.
 pub fn get_varint64(b: &[u8], at: usize, base: u64, what: &str) -> Result<(u64, usize)> {
-    let mut v = 0u64;
-    for i in 0..MAX_VARINT64_LEN {
+    get_bounded(b, at, base, what, MAX_VARINT64_LEN, 64)
+}
+
+/// A minimal varint of at most `max_len` bytes and `bits` bits (§2).
+fn get_bounded(
+    b: &[u8],
+    at: usize,
+    base: u64,
+    what: &str,
+    max_len: usize,
+    bits: u32,
+) -> Result<(u64, usize)> {
+    // 10 groups of 7 bits are 70: u128 holds them, so "too large" is one comparison.
+    let mut v = 0u128;
+    for i in 0..max_len {
         let Some(&c) = b.get(at + i) else {
             return Err(Error::corrupt(
                 base + (at + i) as u64,
                 format!("{what}: truncated varint"),
             ));
         };
-        if i == MAX_VARINT64_LEN - 1 && c > 1 {
-            return Err(Error::corrupt(
-                base + at as u64,
-                format!("{what}: varint above 2^64 - 1"),
-            ));
-        }
-        v |= ((c & 0x7F) as u64) << (7 * i);
+        v |= ((c & 0x7F) as u128) << (7 * i);
         if c & 0x80 == 0 {
             if i > 0 && c == 0 {
                 return Err(Error::corrupt(
@@ -180,12 +149,18 @@ pub fn get_varint64(b: &[u8], at: usize, base: u64, what: &str) -> Result<(u64, 
                     format!("{what}: non-minimal varint"),
                 ));
             }
-            return Ok((v, at + i + 1));
+            if v >> bits != 0 {
+                return Err(Error::corrupt(
+                    base + at as u64,
+                    format!("{what}: varint above 2^{bits} - 1"),
+                ));
+            }
+            return Ok((v as u64, at + i + 1));
         }
     }
     Err(Error::corrupt(
         base + at as u64,
-        format!("{what}: varint longer than 10 bytes"),
+        format!("{what}: varint longer than {max_len} bytes"),
     ))
 }
 

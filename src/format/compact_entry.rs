@@ -110,18 +110,7 @@ pub fn decode(b: &[u8], offset: u64) -> Result<(Entry, usize)> {
         ));
     };
     pos += 1;
-    let kind = match k {
-        1 => EntryKind::File,
-        2 => EntryKind::Dir,
-        3 => EntryKind::Symlink,
-        4 => EntryKind::HardLink,
-        k => {
-            return Err(Error::Unsupported {
-                offset: offset + kind_at as u64,
-                detail: format!("entry kind {k}"),
-            })
-        }
-    };
+    let kind = EntryKind::decode(k, offset + kind_at as u64)?;
     let u32_field = |what: &str, pos: &mut usize| -> Result<(u32, u64)> {
         let at = offset + *pos as u64;
         let (v, p) = get_varint(body, *pos, offset, what)?;

@@ -618,6 +618,22 @@ pub enum EntryKind {
     HardLink = 4,
 }
 
+impl EntryKind {
+    /// The kind byte `k` at archive offset `offset` (§6, §6.1): other values are unsupported.
+    pub(crate) fn decode(k: u8, offset: u64) -> Result<EntryKind> {
+        match k {
+            1 => Ok(EntryKind::File),
+            2 => Ok(EntryKind::Dir),
+            3 => Ok(EntryKind::Symlink),
+            4 => Ok(EntryKind::HardLink),
+            k => Err(Error::Unsupported {
+                offset,
+                detail: format!("entry kind {k}"),
+            }),
+        }
+    }
+}
+
 /// One entry record (see FORMAT.md, "Entry record").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -738,18 +754,7 @@ impl Entry {
         if crc(&b[..total - 4]) != LE::read_u32(&b[total - 4..]) {
             return Err(Error::corrupt(offset, "entry record CRC32 mismatch"));
         }
-        let kind = match b[8] {
-            1 => EntryKind::File,
-            2 => EntryKind::Dir,
-            3 => EntryKind::Symlink,
-            4 => EntryKind::HardLink,
-            k => {
-                return Err(Error::Unsupported {
-                    offset: offset + 8,
-                    detail: format!("entry kind {k}"),
-                })
-            }
-        };
+        let kind = EntryKind::decode(b[8], offset + 8)?;
         if b[9] != 0 || b[10] != 0 || b[11] != 0 {
             return Err(Error::Unsupported {
                 offset: offset + 9,

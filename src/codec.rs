@@ -186,6 +186,9 @@ pub struct Lockstep<'m> {
     writer: Machine,
     /// The archive primer every block starts after (context policy 2, FORMAT.md §12.8).
     primer: Option<PrimerState>,
+    /// The adaptive bias's rate of every model-coded sequence, primer included (FORMAT.md
+    /// §12.9); 0: none.
+    bias_rate: u16,
 }
 
 /// An archive primer as a [`Lockstep`] holds it: as the header codes it, and once decoded
@@ -226,6 +229,7 @@ impl<'m> Lockstep<'m> {
             narrowed: false,
             writer: Machine::default(),
             primer: None,
+            bias_rate: 0,
         }
     }
 
@@ -245,6 +249,16 @@ impl<'m> Lockstep<'m> {
         }
     }
 
+    /// Sequences coded from now on, the primer's included, are under an adaptive bias
+    /// learning at `rate` (FORMAT.md §12.9; 0: none).
+    pub fn set_bias_rate(&mut self, rate: u16) {
+        self.bias_rate = rate;
+    }
+
+    pub fn bias_rate(&self) -> u16 {
+        self.bias_rate
+    }
+
     /// The primer's tokens, once known (given, or decoded by a block decode).
     pub fn primer_tokens(&self) -> Option<&[Token]> {
         self.primer.as_ref().and_then(|p| p.tokens.as_deref())
@@ -253,6 +267,11 @@ impl<'m> Lockstep<'m> {
     /// Records that the blocks decoded next belong to the archive whose header is `h`: a
     /// block that diverges names the machine it says it was written on.
     pub fn set_writer(&mut self, h: &Header) {
+        if self.bias_rate != h.bias_rate {
+            // The primer is coded under the bias too: decoded again under the new one.
+            self.set_primer_tokens(None);
+            self.bias_rate = h.bias_rate;
+        }
         let same = match (&self.primer, &h.primer) {
             (None, None) => true,
             (
@@ -356,6 +375,10 @@ impl<'m> Lockstep<'m> {
                 p.installed = false;
             }
         }
+        self.eval
+            .as_deref_mut()
+            .expect("prepared")
+            .set_bias(self.bias_rate)?;
         if let Some(p) = self.primer.as_mut().filter(|p| !p.installed) {
             let eval = self.eval.as_deref_mut().expect("prepared");
             eval.set_prefix(&p.prefix(model.pin().bos))?;
@@ -935,6 +958,105 @@ mod tests {
         assert!(e.to_string().contains("archive primer"), "{e}");
     }
 
+    /// Blocks coded under the adaptive bias (§12.9), with and without a primer (coded
+    /// under the bias too), decode at any width from a header that records the rate, and
+    /// fail their CRC (never wrong bytes) where the header's rate is another.
+    #[test]
+    fn biased_blocks_round_trip_and_need_their_rate() {
+        use crate::model::portable::{PortableLm, PortableOptions};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(crate::model::synthetic::COMMITTED_PATH);
+        let (sha256, size) = crate::model::fetch::hash_file(&path).unwrap();
+        let file = crate::model::fetch::ModelFile {
+            path,
+            sha256,
+            size,
+            name: "tiny".into(),
+        };
+        let m = PortableLm::load(&file, 1024, PortableOptions::default()).unwrap();
+        let alice = crate::model::synthetic::TRAINING_TEXT.as_bytes();
+        let texts: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                alice
+                    .iter()
+                    .cycle()
+                    .skip(97 * i)
+                    .take(500)
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let plains: Vec<&[u8]> = texts.iter().map(|t| t.as_slice()).collect();
+        let primer = m.tokenize(&alice[200..400]).unwrap();
+        for with_primer in [false, true] {
+            let code = |rate: u16| {
+                let mut ls = Lockstep::new(Some(&m), 2);
+                ls.set_bias_rate(rate);
+                let mut header = m.header(1024);
+                if with_primer {
+                    let (coded, _) = encode_model(&mut ls, vec![&primer]).unwrap().pop().unwrap();
+                    header.pin.context_policy = crate::format::POLICY_PRIMER;
+                    header.primer = Some(Primer {
+                        tokens: primer.len() as u16,
+                        coded,
+                    });
+                    ls.set_primer_tokens(Some(primer.clone()));
+                }
+                header.bias_rate = rate;
+                // Model blocks whatever their size (zstd beats random weights).
+                let tokens: Vec<Vec<Token>> =
+                    plains.iter().map(|p| m.tokenize(p).unwrap()).collect();
+                let coded = encode_model(&mut ls, tokens.iter().map(|t| &t[..]).collect()).unwrap();
+                let blocks: Vec<Coded> = coded
+                    .into_iter()
+                    .zip(&plains)
+                    .zip(&tokens)
+                    .map(|(((payload, ideal_bits), plain), t)| Coded {
+                        header: BlockHeader {
+                            codec: Codec::Model,
+                            plain_len: plain.len() as u32,
+                            coded_len: payload.len() as u32,
+                            tokens: t.len() as u32,
+                            plain_crc: crc32fast::hash(plain),
+                            coded_crc: crc32fast::hash(&payload),
+                        },
+                        payload,
+                        ideal_bits,
+                    })
+                    .collect();
+                (header, blocks)
+            };
+            let (header, biased) = code(24_576);
+            let (_, plain) = code(0);
+            assert!(biased
+                .iter()
+                .zip(&plain)
+                .all(|(a, b)| a.payload != b.payload));
+            let refs: Vec<BlockRefData> = biased
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.as_block(i as u64))
+                .collect();
+            for w in [1, 3] {
+                let mut ls = Lockstep::new(Some(&m), w);
+                ls.set_writer(&header);
+                for (r, t) in decode_with(&mut ls, &refs).unwrap().into_iter().zip(&texts) {
+                    assert_eq!(&r.unwrap(), t, "primer {with_primer}, width {w}");
+                }
+            }
+            // Another rate: other tables (and, with a primer, another primer): no block
+            // decodes to wrong bytes.
+            let mut other = header.clone();
+            other.bias_rate = 1000;
+            let mut ls = Lockstep::new(Some(&m), 2);
+            ls.set_writer(&other);
+            match decode_with(&mut ls, &refs) {
+                Ok(out) => assert!(out.iter().all(|r| r.is_err())),
+                Err(e) => assert!(e.to_string().contains("primer"), "{e}"),
+            }
+        }
+    }
+
     /// Text with strong order-1 structure and no long repeats: the order-1 model beats zstd.
     pub(crate) fn markov_text(seed: u64, n: usize) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -1008,6 +1130,7 @@ mod tests {
                 engine_version: format!("{} engine", self.machine),
                 cpu_features: format!("{} cpu", self.machine),
                 primer: None,
+                bias_rate: 0,
                 framing: crate::format::Framing::Classic,
                 ..self.inner.header(block_size)
             }

@@ -122,6 +122,7 @@ fn opts(width: usize) -> WriterOptions {
         // merging compact parts is tested in `lmz::archive::merge` and swept in
         // `tests/sweep.rs`.
         framing: lmz::format::Framing::Classic,
+        bias_rate: 0,
     }
 }
 

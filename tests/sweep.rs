@@ -30,6 +30,7 @@ fn reference_as(primer: bool, framing: Framing, shard: Option<u32>) -> (Vec<u8>,
         width: 2,
         zstd_level: 3,
         framing,
+        bias_rate: 0,
     };
     let meta = Meta {
         mode: 0o644,

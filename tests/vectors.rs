@@ -313,6 +313,7 @@ fn write_archive(v: &WriterVector) -> Vec<u8> {
         width: v.width,
         zstd_level: 19,
         framing: v.framing,
+        bias_rate: 0,
     };
     let mut w = Writer::with_primer(Vec::new(), model.as_deref(), opts, v.primer.as_deref())
         .expect("writer");
@@ -577,11 +578,22 @@ fn tiny_model() -> PortableLm {
 /// The tiny model's header for `block_size`, with the diagnostic strings (§4.2) fixed, so
 /// that the vector does not depend on the generating machine's CPU features or kernels, nor
 /// on the writer's version (these are the strings the vectors were first written with).
-fn tiny_header(m: &PortableLm, block_size: u32) -> Vec<u8> {
+/// With `bias_rate` (0: none) and a coded primer (context policy 2) where given.
+fn tiny_header_with(
+    m: &PortableLm,
+    block_size: u32,
+    bias_rate: u16,
+    primer: Option<lmz::format::Primer>,
+) -> Vec<u8> {
     let mut h = m.header(block_size);
     h.backend = "rust".into();
     h.engine_version = "lmz transformer v1 (lmz 0.1.0)".into();
     h.cpu_features = "any".into();
+    h.bias_rate = bias_rate;
+    if primer.is_some() {
+        h.pin.context_policy = lmz::format::POLICY_PRIMER;
+    }
+    h.primer = primer;
     h.encode()
 }
 
@@ -591,6 +603,17 @@ fn tiny_header(m: &PortableLm, block_size: u32) -> Vec<u8> {
 /// tokens) and the start of a longer file, whose rest is block 2. The three blocks are coded
 /// in one lockstep batch of width 2, so the batch changes while it runs.
 fn portable_tiny() -> (Vec<u8>, Vec<Input>) {
+    portable_tiny_with(0, false)
+}
+
+/// `portable-tiny-bias`: `portable-tiny`'s entries under the adaptive bias (FORMAT.md §12.9,
+/// rate 24,576, what lmz writes) and an archive primer (§12.8) of the tiny vocabulary's
+/// training text, itself coded under the bias.
+fn portable_tiny_bias() -> (Vec<u8>, Vec<Input>) {
+    portable_tiny_with(lmz::archive::DEFAULT_BIAS_RATE, true)
+}
+
+fn portable_tiny_with(bias_rate: u16, primer: bool) -> (Vec<u8>, Vec<Input>) {
     let bs = 1024;
     let m = tiny_model();
     let code = b"fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!(\"{v:?} <tiny>\");\n}\n".to_vec();
@@ -626,11 +649,24 @@ fn portable_tiny() -> (Vec<u8>, Vec<Input>) {
         .iter()
         .map(|p| m.tokenize(p).expect("tokenizes"))
         .collect();
-    let coded = lmz::codec::encode_model(
-        &mut lmz::codec::Lockstep::new(Some(&m), 2),
-        tokens.iter().map(|t| &t[..]).collect(),
-    )
-    .expect("encode");
+    let mut ls = lmz::codec::Lockstep::new(Some(&m), 2);
+    ls.set_bias_rate(bias_rate);
+    let primer = primer.then(|| {
+        let t = m
+            .tokenize(&lmz::model::synthetic::TRAINING_TEXT.as_bytes()[300..700])
+            .expect("tokenizes");
+        let (coded, _) = lmz::codec::encode_model(&mut ls, vec![&t])
+            .expect("encode the primer")
+            .pop()
+            .expect("one");
+        ls.set_primer_tokens(Some(t.clone()));
+        lmz::format::Primer {
+            tokens: t.len() as u16,
+            coded,
+        }
+    });
+    let coded =
+        lmz::codec::encode_model(&mut ls, tokens.iter().map(|t| &t[..]).collect()).expect("encode");
     let blocks: Vec<Vec<u8>> = plains
         .iter()
         .zip(&tokens)
@@ -660,7 +696,7 @@ fn portable_tiny() -> (Vec<u8>, Vec<Input>) {
     let mut blocks = blocks.into_iter();
     let mut block = || Rec::Block(blocks.next().unwrap());
     let raw = Raw {
-        header: tiny_header(&m, bs),
+        header: tiny_header_with(&m, bs, bias_rate, primer),
         recs: vec![
             Rec::Entry(file_record(&inputs[0], starts[0])),
             Rec::Entry(file_record(&inputs[1], starts[1])),
@@ -1438,6 +1474,7 @@ struct Bases {
     basic_compact: Raw,
     order1_compact: Raw,
     basic_entries: Raw,
+    portable_bias: Raw,
 }
 
 /// Which valid vector an invalid one is derived from.
@@ -1455,6 +1492,8 @@ enum Base {
     Order1Compact,
     /// `basic-compact-entries`.
     BasicEntries,
+    /// `portable-tiny-bias`.
+    PortableBias,
     Nothing,
 }
 
@@ -2048,6 +2087,41 @@ fn invalid_vectors() -> Vec<Invalid> {
                 p[mid] ^= 0x55;
                 set_payload(k, &p);
             }).assemble() },
+        // --- The adaptive bias (header flag bit 3, FORMAT.md §12.9) ------------------------
+        bad! { "bias-rate-zero", PortableBias, "flag bit 3 set, bias_rate = 0",
+            Corrupt @ Open, "bias rate 0", "bias rate 0",
+            |r| r.patch_header(|h| { let at = h.len() - 6; put16(h, at, 0) }).assemble() },
+        bad! { "bias-rate-missing", PortableBias, "flag bit 3 set, but the two bias_rate bytes removed (header_len counts without them)",
+            Corrupt @ Open, "bias rate overruns the header", "bias rate overruns the header",
+            |r| r.patch_header(|h| {
+                let at = h.len() - 6;
+                h.drain(at..at + 2);
+                let len = h.len() as u32;
+                put32(h, 12, len);
+            }).assemble() },
+        bad! { "bias-under-order1", Order1, "flag bit 3 and a bias_rate under model kind 1 (the adaptive bias is kind 3's)",
+            Unsupported @ Open, "adaptive bias (header flag bit 3) under model kind 1", "adaptive bias (header flag bit 3) under model kind 1",
+            |r| r.patch_header(|h| {
+                let f = get16(h, 10) | 0x0008;
+                put16(h, 10, f);
+                let end = h.len() - 4;
+                h.splice(end..end, 24_576u16.to_le_bytes());
+                let len = h.len() as u32;
+                put32(h, 12, len);
+            }).assemble() },
+        bad! { "bias-flag-cleared", PortableBias, "flag bit 3 cleared and bias_rate removed: a well-formed header whose primer and blocks were coded under a bias its reader does not apply",
+            Corrupt @ Decode, "archive primer", "archive primer",
+            |r| r.patch_header(|h| {
+                let f = get16(h, 10) & !0x0008;
+                put16(h, 10, f);
+                let at = h.len() - 6;
+                h.drain(at..at + 2);
+                let len = h.len() as u32;
+                put32(h, 12, len);
+            }).assemble() },
+        bad! { "bias-rate-other", PortableBias, "bias_rate = 24,577 instead of 24,576: every table after the first token differs",
+            Corrupt @ Decode, "archive primer", "archive primer",
+            |r| r.patch_header(|h| { let at = h.len() - 6; put16(h, at, 24_577) }).assemble() },
         bad! { "portable-block-damaged", Portable, "model block 1: a payload byte in the middle changed (coded_crc fixed); kind 3 computes the same everywhere, so this is damage (here the token count runs out before the payload does), never divergence",
             Corrupt @ Decode, "bytes after the end of the coded tokens", "bytes after the end of the coded tokens",
             |r| r.patch_block(1, |k| {
@@ -2302,7 +2376,7 @@ fn valid_vectors() -> Vec<ValidOut> {
     }
     // Vectors assembled record by record: the generator returns the bytes and the inputs.
     type Assemble = fn() -> (Vec<u8>, Vec<Input>);
-    let assembled: [(&str, &str, Assemble); 3] = [
+    let assembled: [(&str, &str, Assemble); 4] = [
         (
             "order1-edge",
             "Order-1 model, assembled record by record: block 0 is one model-coded token whose payload is empty (coded_len 0: the range coder's output was all trailing zeros), block 1 a second model block; one file per block; a zero-length file after the last block; uid/gid 0 and 65534; an mtime past 2^32 s.",
@@ -2312,6 +2386,11 @@ fn valid_vectors() -> Vec<ValidOut> {
             "portable-tiny",
             "Model kind 3, lmz transformer v1 (FORMAT.md §20), with the tiny committed model `model/tiny-llama.gguf` (random weights of every type: Q4_0, Q4_1, Q8_0, F16, F32), assembled record by record: block 0 holds English prose, a few lines of code with the user-defined token `<tiny>` and the start of `bytes.bin` (bytes that are not UTF-8: byte tokens), block 1 the rest of it and the start of more prose (whose entry record lies between blocks 0 and 1), whose rest is block 2. Coded in one lockstep batch of width 2. A decoder that computes any logit differently from §20 decodes other bytes.",
             portable_tiny,
+        ),
+        (
+            "portable-tiny-bias",
+            "`portable-tiny`'s entries and blocks under the adaptive bias (header flag bit 3, FORMAT.md §12.9, rate 24,576: what lmz writes by default) and an archive primer (§12.8) of 258 tokens, coded under the bias itself; each block's bias starts from zero after the primer. A decoder that ignores the bias, or updates it otherwise (another rounding, another order, a bias carried over from the primer), decodes other bytes.",
+            portable_tiny_bias,
         ),
         (
             "order1-halving",
@@ -2341,6 +2420,7 @@ fn bases() -> Bases {
         basic_compact: Raw::parse(&committed(&basic_compact())),
         order1_compact: Raw::parse(&committed(&order1_compact())),
         basic_entries: Raw::parse(&committed(&basic_compact_entries())),
+        portable_bias: Raw::parse(&portable_tiny_bias().0),
     }
 }
 
@@ -2372,6 +2452,7 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             Base::BasicCompact => b.basic_compact.clone(),
             Base::Order1Compact => b.order1_compact.clone(),
             Base::BasicEntries => b.basic_entries.clone(),
+            Base::PortableBias => b.portable_bias.clone(),
             Base::Nothing => Raw {
                 header: Vec::new(),
                 recs: Vec::new(),
@@ -2413,6 +2494,7 @@ fn readme(valid: &[ValidOut], invalid: &[Invalid], files: &BTreeMap<String, Vec<
             Base::BasicCompact => "basic-compact",
             Base::Order1Compact => "order1-compact",
             Base::BasicEntries => "basic-compact-entries",
+            Base::PortableBias => "portable-tiny-bias",
             Base::Nothing => "—",
         };
         let len = files[&format!("invalid/{}.lmz", v.name)].len();

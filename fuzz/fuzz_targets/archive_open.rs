@@ -1,4 +1,6 @@
-//! Opening an archive from arbitrary bytes and decoding every block.
+//! Opening an archive from arbitrary bytes and decoding every block: with the order-1 model,
+//! or for model kind 3 with the tiny committed model (the `portable-tiny*` vectors' seeds
+//! reach the transformer, the archive primer and the adaptive bias).
 //! Asserts: no panic; whatever decodes has exactly the length and CRC32 its block header and
 //! the index promise; reads of every file agree with the decoded blocks.
 #![no_main]
@@ -6,15 +8,41 @@
 use libfuzzer_sys::fuzz_target;
 use lmz::archive::Archive;
 use lmz::format::ModelKind;
+use lmz::model::portable::{PortableLm, PortableOptions};
 use lmz::model::{order1::Order1, Model};
+
+/// The tiny committed kind-3 model, loaded once.
+fn tiny() -> &'static PortableLm {
+    static TINY: std::sync::OnceLock<PortableLm> = std::sync::OnceLock::new();
+    TINY.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(lmz::model::synthetic::COMMITTED_PATH);
+        let (sha256, size) = lmz::model::fetch::hash_file(&path).expect("the tiny model");
+        let file = lmz::model::fetch::ModelFile {
+            path,
+            sha256,
+            size,
+            name: "tiny".into(),
+        };
+        let opts = PortableOptions {
+            threads: 1,
+            ..PortableOptions::default()
+        };
+        PortableLm::load(&file, 1024, opts).expect("the tiny model loads")
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(a) = Archive::from_bytes(data.to_vec()) else {
         return;
     };
     let order1 = Order1::new(a.header().pin.max_block_tokens);
-    let model: Option<&dyn Model> =
-        (a.header().pin.kind == ModelKind::Order1).then_some(&order1 as &dyn Model);
+    let model: Option<&dyn Model> = match a.header().pin.kind {
+        ModelKind::Order1 => Some(&order1),
+        ModelKind::Portable => Some(tiny()),
+        _ => None,
+    };
     let Ok(results) = a.decode_blocks(model, 0..a.block_count(), 3) else {
         return;
     };

@@ -239,6 +239,12 @@ fn check_set<R>(mut parts: Vec<Opened<R>>) -> Result<Vec<Opened<R>>> {
                 first.name, p.name
             )));
         }
+        if h.bias_rate != h0.bias_rate {
+            return Err(disagree(format!(
+                "{} was coded under adaptive bias rate {}, {} under {} (--bias-rate differs)",
+                first.name, h0.bias_rate, p.name, h.bias_rate
+            )));
+        }
         // llama.cpp's results depend on the machine: its blocks decode only where they were
         // written, so all of one archive's must come from one class of machine.
         if h0.pin.kind == ModelKind::Llama
@@ -701,6 +707,7 @@ mod tests {
             width,
             zstd_level: 3,
             framing: Framing::Compact,
+            bias_rate: 0,
         }
     }
 

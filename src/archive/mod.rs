@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::{Entry, EntryKind};
 
 pub use reader::Archive;
-pub use writer::{FileData, Meta, PackStats, Shard, Writer, WriterOptions};
+pub use writer::{FileData, Meta, PackStats, Shard, Writer, WriterOptions, DEFAULT_BIAS_RATE};
 
 /// A validated entry list.
 #[derive(Debug, Default)]

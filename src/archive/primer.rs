@@ -17,6 +17,7 @@
 
 use crate::codec::{encode_model, Lockstep};
 use crate::error::Result;
+use crate::format::ModelKind;
 use crate::model::{Model, Token};
 
 /// The primer lmz tries by default: long enough to hold a page of the input's vocabulary and
@@ -54,7 +55,10 @@ impl Choice {
 /// Chooses a primer of up to `max_tokens` tokens for an input whose text starts with `first`
 /// and which will make about `blocks` model blocks; `second` is text from elsewhere in the
 /// input (the start of its second block, or of another file) to measure the gain on.
-/// `width` is the lockstep width the measurement may use.
+/// `width` is the lockstep width the measurement may use; `bias_rate` the adaptive bias the
+/// archive will code under (FORMAT.md §12.9; ignored by models without one), so that the
+/// measurement codes as the archive will.
+#[allow(clippy::too_many_arguments)]
 pub fn choose(
     model: &dyn Model,
     first: &[u8],
@@ -62,6 +66,7 @@ pub fn choose(
     blocks: u64,
     max_tokens: usize,
     width: usize,
+    bias_rate: u16,
 ) -> Result<Choice> {
     if max_tokens == 0 {
         return Ok(Choice::none("primer turned off"));
@@ -82,6 +87,9 @@ pub fn choose(
     let candidate = first[..first.len().min(max_tokens)].to_vec();
     let sample = &second[..second.len().min(MEASURE_TOKENS)];
     let mut ls = Lockstep::new(Some(model), width);
+    if model.pin().kind == ModelKind::Portable {
+        ls.set_bias_rate(bias_rate);
+    }
     let without = encode_model(&mut ls, vec![sample])?[0].1;
     ls.set_primer_tokens(Some(candidate.clone()));
     let coded = encode_model(&mut ls, vec![sample, &candidate])?;
@@ -149,7 +157,7 @@ mod tests {
     #[test]
     fn a_primer_from_similar_text_pays_over_many_blocks() {
         let m = Order1::default();
-        let c = choose(&m, &prose(1, 4000), Some(&prose(2, 4000)), 50, 256, 2).unwrap();
+        let c = choose(&m, &prose(1, 4000), Some(&prose(2, 4000)), 50, 256, 2, 0).unwrap();
         assert!(c.gain_bits > 0.0, "{c:?}");
         assert_eq!(c.tokens.as_ref().map(Vec::len), Some(256), "{c:?}");
     }
@@ -157,15 +165,15 @@ mod tests {
     #[test]
     fn no_primer_where_it_cannot_pay() {
         let m = Order1::default();
-        let one = choose(&m, &prose(1, 4000), Some(&prose(2, 4000)), 1, 256, 2).unwrap();
+        let one = choose(&m, &prose(1, 4000), Some(&prose(2, 4000)), 1, 256, 2, 0).unwrap();
         assert!(one.tokens.is_none());
-        let off = choose(&m, &prose(1, 4000), Some(&prose(2, 4000)), 50, 0, 2).unwrap();
+        let off = choose(&m, &prose(1, 4000), Some(&prose(2, 4000)), 50, 0, 2, 0).unwrap();
         assert!(off.tokens.is_none());
         // Unrelated bytes: the primer's statistics mislead, or at best do not help.
         let noise: Vec<u8> = (0..4000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        let c = choose(&m, &prose(1, 4000), Some(&noise), 2, 256, 2).unwrap();
+        let c = choose(&m, &prose(1, 4000), Some(&noise), 2, 256, 2, 0).unwrap();
         assert!(c.tokens.is_none(), "{c:?}");
     }
 }

@@ -38,7 +38,15 @@ pub struct WriterOptions {
     /// compact blocks only for lmz 0.4 readers; classic for lmz 0.3 and earlier, and for
     /// the ablation.
     pub framing: Framing,
+    /// The adaptive bias's rate (FORMAT.md §12.9), for models that have one (kind 3; the
+    /// others ignore it); 0: none.
+    pub bias_rate: u16,
 }
+
+/// The adaptive bias's rate lmz writes by default: 0.375 bit per unit of probability (about
+/// 0.26 in natural log units), near the best measured on the shared corpus's prose and html
+/// (FORMAT.md §12.9).
+pub const DEFAULT_BIAS_RATE: u16 = 24_576;
 
 impl Default for WriterOptions {
     fn default() -> Self {
@@ -47,6 +55,7 @@ impl Default for WriterOptions {
             width: 8,
             zstd_level: 19,
             framing: Framing::Compact,
+            bias_rate: DEFAULT_BIAS_RATE,
         }
     }
 }
@@ -194,11 +203,17 @@ fn archive_header<'m>(
             engine_version: concat!("lmz ", env!("CARGO_PKG_VERSION")).into(),
             cpu_features: String::new(),
             primer: None,
+            bias_rate: 0,
             framing: Framing::Classic,
         },
     };
     header.framing = opts.framing;
     let mut lockstep = Lockstep::new(model, opts.width);
+    if model.is_some_and(|m| m.pin().kind == ModelKind::Portable) {
+        // Before the primer, which is coded under it too (§12.9).
+        header.bias_rate = opts.bias_rate;
+        lockstep.set_bias_rate(opts.bias_rate);
+    }
     if let (Some(m), Some(p)) = (model, primer) {
         if p.is_empty() || p.len() > MAX_PRIMER_TOKENS as usize {
             return Err(Error::usage(format!(

@@ -32,6 +32,11 @@ pub const MAX_HEADER_LEN: usize = 1 + 3 * MAX_VARINT_LEN + 8;
 /// with bit 1: compact entries come with compact blocks.
 pub const FLAG_COMPACT_ENTRIES: u16 = 0x0004;
 
+/// Header `flags` bit 3: model-coded sequences are coded under an adaptive bias (FORMAT.md
+/// §12.9), whose rate follows the primer in the header. Kind 3 only. Not a framing bit: it
+/// changes probabilities, not layout, and lives here beside the other flag bits.
+pub const FLAG_ADAPTIVE_BIAS: u16 = 0x0008;
+
 /// How the archive's records are laid out (header `flags` bits 1 and 2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Framing {

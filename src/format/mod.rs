@@ -15,7 +15,7 @@ pub mod compact;
 pub mod compact_entry;
 pub mod part;
 
-pub use compact::{Framing, FLAG_COMPACT_BLOCKS, FLAG_COMPACT_ENTRIES};
+pub use compact::{Framing, FLAG_ADAPTIVE_BIAS, FLAG_COMPACT_BLOCKS, FLAG_COMPACT_ENTRIES};
 
 pub const VERSION: u16 = 1;
 pub const HEADER_MAGIC: [u8; 8] = *b"\x89LMZ\r\n\x1a\n";
@@ -187,6 +187,8 @@ pub struct Header {
     pub primer: Option<Primer>,
     /// How block records and the index's rows are laid out (`flags` bit 1, FORMAT.md §7.1).
     pub framing: Framing,
+    /// The adaptive bias's rate (`flags` bit 3, FORMAT.md §12.9), kind 3 only; 0: none.
+    pub bias_rate: u16,
 }
 
 /// How much of a header string is written: strings are diagnostics, so they are cut rather
@@ -216,7 +218,12 @@ impl Header {
         let mut out = vec![0u8; HEADER_FIXED_LEN];
         out[..8].copy_from_slice(&HEADER_MAGIC);
         LE::write_u16(&mut out[8..], VERSION);
-        LE::write_u16(&mut out[10..], self.framing.flags());
+        let bias = if self.bias_rate != 0 {
+            FLAG_ADAPTIVE_BIAS
+        } else {
+            0
+        };
+        LE::write_u16(&mut out[10..], self.framing.flags() | bias);
         // header_len at 12 is written last.
         LE::write_u32(&mut out[16..], self.block_size);
         let p = &self.pin;
@@ -251,6 +258,9 @@ impl Header {
             LE::write_u16(&mut f[2..], p.coded.len().min(u16::MAX as usize) as u16);
             out.extend_from_slice(&f);
             out.extend_from_slice(&p.coded);
+        }
+        if self.bias_rate != 0 {
+            out.extend_from_slice(&self.bias_rate.to_le_bytes());
         }
         let total = out.len() + 4;
         LE::write_u32(&mut out[12..], total as u32);
@@ -317,13 +327,15 @@ impl Header {
             return Err(Error::corrupt(len as u64 - 4, "header CRC32 mismatch"));
         }
         let flags = LE::read_u16(&b[10..]);
-        let framing = Framing::from_flags(flags).ok_or_else(|| Error::Unsupported {
-            offset: 10,
-            detail: format!(
-                "header flags {flags:#06x} (version 1 defines bit 1, compact blocks, and bit 2, \
-                 compact entries, with bit 1)"
-            ),
-        })?;
+        let has_bias = flags & FLAG_ADAPTIVE_BIAS != 0;
+        let framing =
+            Framing::from_flags(flags & !FLAG_ADAPTIVE_BIAS).ok_or_else(|| Error::Unsupported {
+                offset: 10,
+                detail: format!(
+                    "header flags {flags:#06x} (version 1 defines bit 1, compact blocks, bit 2, \
+                 compact entries, with bit 1, and bit 3, adaptive bias)"
+                ),
+            })?;
         let block_size = LE::read_u32(&b[16..]);
         if block_size == 0 || block_size > MAX_BLOCK_SIZE {
             return Err(Error::corrupt(
@@ -357,6 +369,15 @@ impl Header {
             kv_type: b[39],
         };
         validate_pin(&pin)?;
+        if has_bias && pin.kind != ModelKind::Portable {
+            return Err(Error::Unsupported {
+                offset: 10,
+                detail: format!(
+                    "an adaptive bias (header flag bit 3) under model kind {}",
+                    b[20]
+                ),
+            });
+        }
         if pin.kind != ModelKind::None && pin.max_block_tokens > block_size {
             return Err(Error::corrupt(
                 32,
@@ -407,6 +428,19 @@ impl Header {
         } else {
             None
         };
+        let bias_rate = if has_bias {
+            if pos + 2 > len - 4 {
+                return Err(Error::corrupt(pos as u64, "bias rate overruns the header"));
+            }
+            let r = LE::read_u16(&b[pos..]);
+            if r == 0 {
+                return Err(Error::corrupt(pos as u64, "bias rate 0 (1 ..= 65535)"));
+            }
+            pos += 2;
+            r
+        } else {
+            0
+        };
         if pos != len - 4 {
             return Err(Error::corrupt(
                 pos as u64,
@@ -424,6 +458,7 @@ impl Header {
             cpu_features: next(),
             primer,
             framing,
+            bias_rate,
         };
         Ok((header, len))
     }
@@ -1069,6 +1104,7 @@ mod tests {
             engine_version: "x".into(),
             cpu_features: "avx2".into(),
             primer: None,
+            bias_rate: 0,
             framing: Framing::Classic,
         }
     }

@@ -269,8 +269,8 @@ pub struct PlanHasher(sha2::Sha256);
 
 impl PlanHasher {
     /// Starts the hash of a plan for archives with header `header` whose blocks are coded
-    /// at `zstd_level`: its `block_size`, its pin, its flags and its primer, not its
-    /// diagnostic strings.
+    /// at `zstd_level`: its `block_size`, its pin, its flags, its primer and its adaptive
+    /// bias's rate, not its diagnostic strings.
     pub fn new(header: &Header, zstd_level: i32) -> PlanHasher {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
@@ -279,7 +279,8 @@ impl PlanHasher {
         h.update(zstd_level.to_le_bytes());
         // The framing changes every block record, so it is part of the plan; archives
         // without flags hash as before they existed (the part vectors are unchanged).
-        let flags = header.framing.flags();
+        let flags = header.encode()[10..12].to_vec();
+        let flags = u16::from_le_bytes([flags[0], flags[1]]);
         if flags != 0 {
             h.update(b"F");
             h.update(flags.to_le_bytes());
@@ -289,6 +290,10 @@ impl PlanHasher {
             h.update(p.tokens.to_le_bytes());
             h.update((p.coded.len() as u32).to_le_bytes());
             h.update(&p.coded);
+        }
+        if header.bias_rate != 0 {
+            h.update(b"R");
+            h.update(header.bias_rate.to_le_bytes());
         }
         PlanHasher(h)
     }
@@ -331,6 +336,7 @@ mod tests {
                 engine_version: "lmz test".into(),
                 cpu_features: String::new(),
                 primer: None,
+                bias_rate: 0,
                 framing: crate::format::Framing::Classic,
             },
         )

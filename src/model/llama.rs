@@ -357,6 +357,7 @@ impl Model for LlamaLm {
             engine_version: ENGINE_VERSION.into(),
             cpu_features: cpu_features(),
             primer: None,
+            bias_rate: 0,
             framing: crate::format::Framing::Classic,
         }
     }

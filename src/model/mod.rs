@@ -14,6 +14,7 @@
 //! fuzzing and builds without llama.cpp; and `llama::LlamaLm` (feature `llama`), the only
 //! code that touches llama.cpp.
 
+pub mod bias;
 pub mod binary16;
 pub mod bpe;
 pub mod fetch;
@@ -168,6 +169,18 @@ pub trait Evaluator {
         }
         Err(Error::usage(
             "this model cannot start blocks from an archive primer",
+        ))
+    }
+
+    /// From now on every sequence's tables are under an adaptive bias learning at `rate`
+    /// (FORMAT.md §12.9), zero at each [`Self::reset`]; `rate` 0 turns it off. Models that
+    /// do not implement it refuse any other rate.
+    fn set_bias(&mut self, rate: u16) -> Result<()> {
+        if rate == 0 {
+            return Ok(());
+        }
+        Err(Error::usage(
+            "this model has no adaptive bias (kind 3 only)",
         ))
     }
 

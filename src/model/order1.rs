@@ -68,6 +68,7 @@ impl Model for Order1 {
             engine_version: concat!("lmz ", env!("CARGO_PKG_VERSION")).into(),
             cpu_features: String::new(),
             primer: None,
+            bias_rate: 0,
             framing: crate::format::Framing::Classic,
         }
     }

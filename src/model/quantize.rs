@@ -90,6 +90,18 @@ pub fn logits_to_cum(logits: &[f32], bits: u32, weights: &mut [u32], cum: &mut [
 pub fn logits_to_interval(logits: &[f32], bits: u32, weights: &mut [u32], s: usize) -> (u32, u32) {
     assert!(s < weights.len());
     let (sum, best) = logits_to_weights(logits, bits, weights);
+    weights_interval(weights, sum, best, bits, s)
+}
+
+/// The interval of symbol `s` in the table [`scale_to_cum`] makes of `weights` (their sum
+/// `sum`, first maximum `best`), without writing the table.
+pub(crate) fn weights_interval(
+    weights: &[u32],
+    sum: u64,
+    best: usize,
+    bits: u32,
+    s: usize,
+) -> (u32, u32) {
     let k = scale_factor(weights.len(), sum, bits);
     let below = freq_sum(&weights[..s], k);
     let used = below.wrapping_add(freq_sum(&weights[s..], k));
@@ -106,6 +118,18 @@ pub fn logits_to_interval(logits: &[f32], bits: u32, weights: &mut [u32], s: usi
 pub fn logits_find(logits: &[f32], bits: u32, weights: &mut [u32], c: u32) -> (usize, u32, u32) {
     assert!((c as u64) < 1u64 << bits);
     let (sum, best) = logits_to_weights(logits, bits, weights);
+    weights_find(weights, sum, best, bits, c)
+}
+
+/// The symbol whose interval in the table [`scale_to_cum`] makes of `weights` (their sum
+/// `sum`, first maximum `best`) holds `c`, with that interval, without writing the table.
+pub(crate) fn weights_find(
+    weights: &[u32],
+    sum: u64,
+    best: usize,
+    bits: u32,
+    c: u32,
+) -> (usize, u32, u32) {
     let k = scale_factor(weights.len(), sum, bits);
     let left = ((1u64 << bits) - freq_sum(weights, k) as u64) as u32;
     // cum[i] ≤ 2^bits for every i, so no sum below wraps. Whole blocks of 64 symbols are
@@ -140,6 +164,55 @@ pub fn logits_find(logits: &[f32], bits: u32, weights: &mut [u32], c: u32) -> (u
 /// their sum and the first most likely symbol.
 fn logits_to_weights(logits: &[f32], bits: u32, weights: &mut [u32]) -> (u64, usize) {
     let n = logits.len();
+    logits_to_q(logits, bits, weights);
+    let mut sum = 0u64;
+    for w in weights[..n].iter_mut() {
+        // q ≤ Q_MAX = 2^13 − 1 already; the mask only spares the bounds check.
+        *w = EXP2_Q[(*w & Q_MAX) as usize];
+        sum = sum.wrapping_add(*w as u64);
+    }
+    (sum, first_best(&weights[..n]))
+}
+
+/// [`logits_to_weights`] under an adaptive bias (FORMAT.md §12.9): `bias[i]`, in 2^-16 bit,
+/// is taken off symbol `i`'s quantized log-ratio `q_i` (floored to 2^-8 bit), the results
+/// are shifted so that the smallest is 0 and saturated at `Q_MAX`, then weighted as
+/// unbiased ones are. A zero bias gives exactly [`logits_to_weights`]'s weights.
+pub(crate) fn logits_to_weights_biased(
+    logits: &[f32],
+    bias: &[i32],
+    bits: u32,
+    weights: &mut [u32],
+) -> (u64, usize) {
+    let n = logits.len();
+    assert_eq!(bias.len(), n);
+    logits_to_q(logits, bits, weights);
+    let head = &mut weights[..n];
+    // q ≤ 8191 and |bias >> 8| ≤ 2^16 (bias is clamped to ±2^24), so u fits an i32.
+    let mut min = i32::MAX;
+    for (&q, &b) in head.iter().zip(bias) {
+        let u = q as i32 - (b >> 8);
+        min = if u < min { u } else { min };
+    }
+    let mut sum = 0u64;
+    for (w, &b) in head.iter_mut().zip(bias) {
+        let u = (*w as i32 - (b >> 8) - min) as u32;
+        *w = EXP2_Q[if u < Q_MAX { u } else { Q_MAX } as usize];
+        sum = sum.wrapping_add(*w as u64);
+    }
+    (sum, first_best(head))
+}
+
+/// The first most likely symbol: weight 2^31 exactly when q = 0; when no symbol has it,
+/// every weight is 0 (max infinite or NaN) and symbol 0 takes the remainder.
+fn first_best(weights: &[u32]) -> usize {
+    weights.iter().position(|&w| w == 1 << 31).unwrap_or(0)
+}
+
+/// The quantized log-ratios `q_i` of §12.3 into `weights[..n]` (0 ..= `Q_MAX`), and 0 into
+/// the escapes past the logits.
+fn logits_to_q(logits: &[f32], bits: u32, weights: &mut [u32]) {
+    let n = logits.len();
     let total = weights.len();
     assert!(n >= 1 && total >= n && total < (1 << bits));
     // This runs once per coded token over the whole vocabulary (49,408 symbols for SmolLM2),
@@ -161,16 +234,23 @@ fn logits_to_weights(logits: &[f32], bits: u32, weights: &mut [u32]) -> (u64, us
         // (Never below zero: a d that rounds up is at least 1/2.)
         *w = (m.to_bits() & 0x7f_ffff).wrapping_sub(u32::from(m - TWO_23 > d));
     }
-    let mut sum = 0u64;
-    for w in head.iter_mut() {
-        // q ≤ Q_MAX = 2^13 − 1 already; the mask only spares the bounds check.
-        *w = EXP2_Q[(*w & Q_MAX) as usize];
-        sum = sum.wrapping_add(*w as u64);
+}
+
+/// Every symbol's frequency in the table [`scale_to_cum`] makes of `weights` (sum `sum`,
+/// first maximum `best`), passed to `each(symbol, frequency)` in symbol order, without
+/// writing the table.
+pub(crate) fn for_each_freq(
+    weights: &[u32],
+    sum: u64,
+    best: usize,
+    bits: u32,
+    mut each: impl FnMut(usize, u32),
+) {
+    let k = scale_factor(weights.len(), sum, bits);
+    let left = ((1u64 << bits) - freq_sum(weights, k) as u64) as u32;
+    for (i, &w) in weights.iter().enumerate() {
+        each(i, freq_of(w, k) + if i == best { left } else { 0 });
     }
-    // The first most likely symbol: weight 2^31 exactly when q = 0; when no symbol has it,
-    // every weight is 0 (max infinite or NaN) and symbol 0 takes the remainder.
-    let best = head.iter().position(|&w| w == 1 << 31).unwrap_or(0);
-    (sum, best)
 }
 
 /// The largest logit, NaN skipped (−∞ if all are NaN). Eight independent lanes so the loop
@@ -211,7 +291,7 @@ pub fn weights_to_cum(weights: &[u32], bits: u32, cum: &mut [u32]) {
 
 /// [`weights_to_cum`] given the weights' sum and the index of their first maximum, which
 /// gets the rounding remainder.
-fn scale_to_cum(weights: &[u32], sum: u64, best: usize, bits: u32, cum: &mut [u32]) {
+pub(crate) fn scale_to_cum(weights: &[u32], sum: u64, best: usize, bits: u32, cum: &mut [u32]) {
     assert!(cum.len() == weights.len() + 1);
     let total_out = 1u64 << bits;
     let k = scale_factor(weights.len(), sum, bits);

@@ -65,8 +65,11 @@ pub struct BenchArgs {
     /// the primer pays, as pack does.
     #[arg(long, value_name = "TOKENS", default_value_t = lmz::archive::primer::DEFAULT_PRIMER_TOKENS)]
     primer: usize,
-    /// Also pack each file without the primer, in the same run: what the primer contributes;
-    /// and the archive's size under the other block framing (exact: the same blocks framed
+    /// The adaptive bias's rate, as `lmz pack --bias-rate` (0: none; portable engine).
+    #[arg(long, value_name = "RATE", default_value_t = lmz::archive::DEFAULT_BIAS_RATE)]
+    bias_rate: u16,
+    /// Also pack each file without the primer and without the adaptive bias, in the same
+    /// run: what each contributes; and the archive's size under the classic framing (exact: the same blocks framed
     /// the other way, FORMAT.md §7.1).
     #[arg(long)]
     ablation: bool,
@@ -396,11 +399,13 @@ fn pack_one(
     name: &[u8],
     data: &[u8],
     primer: Option<&[lmz::model::Token]>,
+    bias_rate: u16,
 ) -> Result<(Vec<u8>, lmz::archive::PackStats)> {
     let opts = WriterOptions {
         block_size: args.block_size,
         width: args.m.width(model),
         zstd_level: 19,
+        bias_rate,
         ..WriterOptions::default()
     };
     let mut w = Writer::with_primer(Vec::new(), model, opts, primer)?;
@@ -436,9 +441,11 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
     let mut rows = Vec::new();
     if !args.json {
         println!(
-            "| file | bytes | lmz bpb | primer tokens | bpb without primer | bpb classic framing | model ideal bpb | coder overhead bits/token | bytes/block | xz -9e bpb | zstd -19 bpb | pack B/s | pack tok/s | unpack B/s | unpack tok/s |"
+            "| file | bytes | lmz bpb | primer tokens | bpb without primer | bpb without bias | bpb classic framing | model ideal bpb | coder overhead bits/token | bytes/block | xz -9e bpb | zstd -19 bpb | pack B/s | pack tok/s | unpack B/s | unpack tok/s |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
     }
     for path in &args.files {
         let mut data = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
@@ -454,15 +461,40 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
                 let (first, second) = lmz::archive::primer::samples(&data, args.block_size);
                 let blocks = (data.len() as u64).div_ceil(args.block_size.max(1) as u64);
                 let width = args.m.width(model);
-                lmz::archive::primer::choose(m, first, second, blocks, args.primer, width)?.tokens
+                lmz::archive::primer::choose(
+                    m,
+                    first,
+                    second,
+                    blocks,
+                    args.primer,
+                    width,
+                    args.bias_rate,
+                )?
+                .tokens
             }
             _ => None,
         };
-        let (bytes, stats) = pack_one(args, model, &name, &data, primer.as_deref())?;
+        let (bytes, stats) =
+            pack_one(args, model, &name, &data, primer.as_deref(), args.bias_rate)?;
         let pack_s = t0.elapsed().as_secs_f64();
+        let biased = Archive::from_bytes(bytes.clone())?.header().bias_rate != 0;
         let without = match (&primer, args.ablation) {
-            (Some(_), true) => Some(pack_one(args, model, &name, &data, None)?.1.archive_bytes),
+            (Some(_), true) => Some(
+                pack_one(args, model, &name, &data, None, args.bias_rate)?
+                    .1
+                    .archive_bytes,
+            ),
             (None, true) => Some(stats.archive_bytes),
+            (_, false) => None,
+        };
+        // The same primer, no adaptive bias.
+        let unbiased = match (biased, args.ablation) {
+            (true, true) => Some(
+                pack_one(args, model, &name, &data, primer.as_deref(), 0)?
+                    .1
+                    .archive_bytes,
+            ),
+            (false, true) => Some(stats.archive_bytes),
             (_, false) => None,
         };
 
@@ -501,6 +533,8 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
             "lmz_bpb": stats.archive_bytes as f64 * 8.0 / n,
             "primer_tokens": primer.as_ref().map_or(0, Vec::len),
             "no_primer_bpb": without.map(|b| b as f64 * 8.0 / n),
+            "bias_rate": if biased { args.bias_rate } else { 0 },
+            "no_bias_bpb": unbiased.map(|b| b as f64 * 8.0 / n),
             "classic_framing_bpb": classic.map(|b| b as f64 * 8.0 / n),
             "blocks": { "model": stats.blocks[mi], "zstd": stats.blocks[Codec::Zstd as usize], "stored": stats.blocks[Codec::Stored as usize] },
             "model_plain_bytes": stats.plain[mi],
@@ -540,7 +574,7 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
                     .map_or("–".to_string(), |v| format!("{v:.0}"))
             };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 path.file_name().map_or_else(
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into_owned()
@@ -549,6 +583,7 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
                 f("lmz_bpb"),
                 row["primer_tokens"],
                 f("no_primer_bpb"),
+                f("no_bias_bpb"),
                 f("classic_framing_bpb"),
                 f("model_ideal_bpb"),
                 f4("coder_overhead_bits_per_token"),

@@ -112,6 +112,11 @@ enum Cmd {
         #[arg(long, value_name = "TOKENS", default_value_t = lmz::archive::primer::DEFAULT_PRIMER_TOKENS as u16,
               value_parser = clap::value_parser!(u16).range(0..=lmz::format::MAX_PRIMER_TOKENS as i64))]
         primer: u16,
+        /// The adaptive bias's rate (portable engine, FORMAT.md §12.9): every block learns a
+        /// correction of the model's log probabilities from its own tokens as it goes, in
+        /// 2^-16 bit per unit of probability; 0 turns it off. Other engines ignore it.
+        #[arg(long, value_name = "RATE", default_value_t = lmz::archive::DEFAULT_BIAS_RATE)]
+        bias_rate: u16,
         /// Write only shard K of N (K counts from 0): a part of the archive the same command
         /// without --shard writes, for `lmz merge`. Every shard walks the same inputs and
         /// codes its share of the blocks; the shards may run anywhere, at any time, with the
@@ -296,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
             zstd_level,
             stdin_name,
             primer,
+            bias_rate,
             shard,
             workers,
             framing,
@@ -310,6 +316,7 @@ fn run(cli: Cli) -> Result<()> {
             m,
             show_progress,
             primer_tokens: primer as usize,
+            bias_rate,
             shard,
             workers,
             framing: framing.into(),
@@ -448,6 +455,7 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
                 "tokens": p.tokens,
                 "coded_bytes": p.coded.len(),
             })),
+            "adaptive_bias_rate": (h.bias_rate != 0).then_some(h.bias_rate),
             "written_with": { "backend": h.backend, "engine": h.engine_version, "cpu": h.cpu_features },
             "blocks": a.block_count(),
             "data_bytes": a.data_len(),
@@ -477,6 +485,13 @@ fn list(archive: &Path, json: bool, long: bool) -> Result<()> {
                     p.coded.len()
                 )?,
                 None => writeln!(out, "# primer: none")?,
+            }
+            match h.bias_rate {
+                0 => writeln!(out, "# adaptive bias: none")?,
+                r => writeln!(
+                    out,
+                    "# adaptive bias: rate {r} (2^-16 bit per unit of probability), learned in every block"
+                )?,
             }
         }
     }

@@ -27,6 +27,8 @@ pub struct PackArgs {
     pub show_progress: bool,
     /// Most primer tokens (0: none); `lmz pack` measures whether they pay.
     pub primer_tokens: usize,
+    /// `--bias-rate`: the adaptive bias's rate (0: none; kind 3 only).
+    pub bias_rate: u16,
     /// `--shard K/N`: write shard K's part of N.
     pub shard: Option<(u32, u32)>,
     /// `--workers N`: code N shards at once in this process and merge them.
@@ -264,6 +266,7 @@ fn write_all<W: Write>(
         width: args.m.width(model),
         zstd_level: args.zstd_level,
         framing: args.framing,
+        bias_rate: args.bias_rate,
     };
     let stdin = is_stdin(args)?;
     let data_len: u64 = items
@@ -297,6 +300,7 @@ fn write_all<W: Write>(
                 blocks,
                 args.primer_tokens,
                 opts.width,
+                opts.bias_rate,
             )?;
             log::info!(
                 "primer: {} ({})",

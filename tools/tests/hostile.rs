@@ -20,6 +20,7 @@ fn craft(entries: &[Entry]) -> Vec<u8> {
         engine_version: "hostile".into(),
         cpu_features: String::new(),
         primer: None,
+        bias_rate: 0,
         framing: lmz::format::Framing::Classic,
     };
     let mut out = h.encode();

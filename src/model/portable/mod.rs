@@ -25,6 +25,7 @@ use std::time::Instant;
 use forward::{Cache, Config, Layer, Row, Scratch, StepTimes, Weights};
 use kernels::{KernelSet, Matrix, WeightType};
 
+use super::bias::AdaptiveBias;
 use super::bpe::Bpe;
 use super::fetch::ModelFile;
 use super::gguf::Gguf;
@@ -310,6 +311,7 @@ impl PortableLm {
             rows: Vec::new(),
             scratch: Scratch::default(),
             tables: Tables::new(self.table_threads),
+            bias: None,
             profile: EvalProfile::default(),
             times: StepTimes::default(),
         }
@@ -479,6 +481,7 @@ impl Model for PortableLm {
             // reader could act on (the kernel set used is in `backend`), so none is recorded.
             cpu_features: String::new(),
             primer: None,
+            bias_rate: 0,
             framing: crate::format::Framing::Classic,
         }
     }
@@ -572,8 +575,30 @@ struct PortableEval<'m> {
     rows: Vec<Row>,
     scratch: Scratch,
     tables: Tables,
+    /// The adaptive bias of every slot (FORMAT.md §12.9), where it is on.
+    bias: Option<Biases>,
     profile: EvalProfile,
     times: StepTimes,
+}
+
+/// Per-slot state of the adaptive bias. Each slot's rows are done in feed order, on the
+/// caller's thread: a row's table depends on every earlier row of its sequence.
+struct Biases {
+    rate: u16,
+    slots: Vec<AdaptiveBias>,
+    /// The table [`Evaluator::step`] last gave a slot: its update waits for the token coded
+    /// with it, which is that slot's next input.
+    pending: Vec<Option<Vec<u32>>>,
+    /// The symbols fed this step, in row order (rows hold escapes as the escape input).
+    fed: Vec<Token>,
+    weights: Vec<u32>,
+}
+
+/// What a step asks of each row under the bias.
+enum Query<'a> {
+    Tables(&'a mut [Vec<u32>]),
+    Intervals(&'a [Token], &'a mut [(u32, u32)]),
+    Find(&'a [u32], &'a mut [(Token, u32, u32)]),
 }
 
 impl PortableEval<'_> {
@@ -594,6 +619,56 @@ impl PortableEval<'_> {
             tok
         };
         self.rows.push(Row { slot, token });
+        if let Some(b) = self.bias.as_mut() {
+            b.fed.push(tok);
+        }
+        Ok(())
+    }
+
+    /// Clears the step being built.
+    fn begin(&mut self) {
+        self.rows.clear();
+        if let Some(b) = self.bias.as_mut() {
+            b.fed.clear();
+        }
+    }
+
+    /// Evaluates the step and answers `q` for each row under its slot's adaptive bias, in
+    /// row order (FORMAT.md §12.9).
+    fn biased(&mut self, mut q: Query<'_>) -> Result<()> {
+        let done = self.evaluate()?;
+        let nv = self.m.n_model;
+        let symbols = self.m.pieces.len();
+        let bits = FREQ_BITS as u32;
+        let b = self.bias.as_mut().expect("bias on");
+        b.weights.resize(symbols, 0);
+        for (r, (row, logits)) in self
+            .rows
+            .iter()
+            .zip(self.scratch.logits.chunks_exact(nv))
+            .enumerate()
+        {
+            let s = row.slot;
+            let bias = &mut b.slots[s];
+            if let Some(cum) = b.pending[s].take() {
+                bias.learn_from_cum(&cum, bits, b.fed[r] as usize);
+            }
+            match &mut q {
+                Query::Tables(out) => {
+                    out[r].resize(symbols + 1, 0);
+                    bias.cum(logits, bits, &mut b.weights, &mut out[r]);
+                    b.pending[s] = Some(out[r].clone());
+                }
+                Query::Intervals(targets, out) => {
+                    out[r] = bias.interval(logits, bits, &mut b.weights, targets[r] as usize);
+                }
+                Query::Find(points, out) => {
+                    let (t, lo, f) = bias.find(logits, bits, &mut b.weights, points[r]);
+                    out[r] = (t as Token, lo, f);
+                }
+            }
+        }
+        self.profile.freqs += done.elapsed();
         Ok(())
     }
 
@@ -656,6 +731,25 @@ impl Evaluator for PortableEval<'_> {
             Some(p) => c.copy_from(&self.m.w.cfg, p),
             None => c.clear(),
         }
+        if let Some(b) = self.bias.as_mut() {
+            b.slots[slot].clear();
+            b.pending[slot] = None;
+        }
+        Ok(())
+    }
+
+    fn set_bias(&mut self, rate: u16) -> Result<()> {
+        if self.bias.as_ref().map_or(0, |b| b.rate) == rate {
+            return Ok(());
+        }
+        let width = self.caches.len();
+        self.bias = (rate != 0).then(|| Biases {
+            rate,
+            slots: vec![AdaptiveBias::new(rate, self.m.n_model); width],
+            pending: vec![None; width],
+            fed: Vec::new(),
+            weights: Vec::new(),
+        });
         Ok(())
     }
 
@@ -709,9 +803,12 @@ impl Evaluator for PortableEval<'_> {
         if out.len() < feed.len() {
             return Err(Error::usage("room for fewer tables than tokens fed"));
         }
-        self.rows.clear();
+        self.begin();
         for &(slot, tok) in feed {
             self.add(slot, tok)?;
+        }
+        if self.bias.is_some() {
+            return self.biased(Query::Tables(out));
         }
         self.integers(|tables, logits, symbols| tables.fill(logits, symbols, FREQ_BITS as u32, out))
     }
@@ -726,9 +823,12 @@ impl Evaluator for PortableEval<'_> {
         if let Some(c) = points.iter().find(|&&c| c >= 1 << FREQ_BITS) {
             return Err(Error::usage(format!("point {c} outside the table")));
         }
-        self.rows.clear();
+        self.begin();
         for &(slot, tok) in feed {
             self.add(slot, tok)?;
+        }
+        if self.bias.is_some() {
+            return self.biased(Query::Find(points, out));
         }
         self.integers(|tables, logits, symbols| {
             tables.find(logits, symbols, FREQ_BITS as u32, points, out)
@@ -748,7 +848,7 @@ impl Evaluator for PortableEval<'_> {
                 "symbol {s} outside the model's vocabulary"
             )));
         }
-        self.rows.clear();
+        self.begin();
         for &(slot, toks) in feed {
             if toks.len() > self.chunk {
                 return Err(Error::usage(format!(
@@ -759,6 +859,9 @@ impl Evaluator for PortableEval<'_> {
             for &t in toks {
                 self.add(slot, t)?;
             }
+        }
+        if self.bias.is_some() {
+            return self.biased(Query::Intervals(symbols, out));
         }
         self.integers(|tables, logits, n| {
             tables.intervals(logits, n, FREQ_BITS as u32, symbols, out)
@@ -877,6 +980,80 @@ mod tests {
             "lmz transformer v1 golden tables: format-spec/vectors/model/tiny-llama.gguf.\n\
              Per line: SHA-256 of the frequency tables after bos, t0 .. t(n-2), then t0 .. t(n-1).",
         );
+    }
+
+    /// Under the adaptive bias (FORMAT.md §12.9) the three ways of reading a step agree, as
+    /// they must for a decoder to follow an encoder: full tables one token per step (the
+    /// update waiting for the next input), an encoder's intervals in 16-token steps, a
+    /// decoder's search in lockstep with another sequence; a reset starts from zero; and
+    /// the bias changes the tables at all.
+    #[test]
+    fn adaptive_bias_paths_agree() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(crate::model::synthetic::COMMITTED_PATH);
+        let file = vectors::model_file(&path, "tiny-llama");
+        let m = PortableLm::load(&file, 1024, PortableOptions::default()).unwrap();
+        let text = crate::model::synthetic::TRAINING_TEXT.as_bytes();
+        let toks = m.tokenize(&text[..600]).unwrap();
+        let n = toks.len();
+        let input: Vec<Token> = std::iter::once(m.pin.bos)
+            .chain(toks[..n - 1].iter().copied())
+            .collect();
+        let rate = 24_576;
+        // Full tables, one token per step.
+        let mut e = m.evaluator(1, n, 1).unwrap();
+        e.set_bias(rate).unwrap();
+        let mut want = Vec::with_capacity(n);
+        let mut table = vec![Vec::new()];
+        for (j, &t) in input.iter().enumerate() {
+            e.step(&[(0, t)], &mut table).unwrap();
+            let s = toks[j] as usize;
+            want.push((table[0][s], table[0][s + 1] - table[0][s]));
+        }
+        // The unbiased tables differ.
+        let mut plain = m.evaluator(1, n, 1).unwrap();
+        let mut differ = 0;
+        for (j, &t) in input.iter().enumerate() {
+            plain.step(&[(0, t)], &mut table).unwrap();
+            let s = toks[j] as usize;
+            differ += usize::from((table[0][s], table[0][s + 1] - table[0][s]) != want[j]);
+        }
+        assert!(differ > n / 2, "{differ} of {n}");
+        // Intervals in 16-token steps, twice (a reset clears the bias).
+        let mut e = m.evaluator(2, n, 16).unwrap();
+        e.set_bias(rate).unwrap();
+        for _ in 0..2 {
+            e.reset(1).unwrap();
+            let mut got = vec![(0, 0); n];
+            for (k, c) in input.chunks(16).enumerate() {
+                let at = k * 16;
+                e.step_intervals(
+                    &[(1, c)],
+                    &toks[at..at + c.len()],
+                    &mut got[at..at + c.len()],
+                )
+                .unwrap();
+            }
+            assert_eq!(got, want);
+        }
+        // A decoder's search, slot 1 of 2, beside another sequence that starts later.
+        let mut e = m.evaluator(2, n, 1).unwrap();
+        e.set_bias(rate).unwrap();
+        let mut out = vec![(0, 0, 0); 2];
+        for (j, &t) in input.iter().enumerate() {
+            let (lo, f) = want[j];
+            let mut feed = vec![(1, t)];
+            let mut points = vec![lo + f / 2];
+            if j >= 5 {
+                feed.push((0, input[j - 5]));
+                points.push(want[j - 5].0);
+            }
+            e.step_find(&feed, &points, &mut out).unwrap();
+            assert_eq!(out[0], (toks[j], lo, f), "token {j}");
+            if j >= 5 {
+                assert_eq!(out[1], (toks[j - 5], want[j - 5].0, want[j - 5].1));
+            }
+        }
     }
 
     /// An archive primer's state, computed once and copied into each slot (FORMAT.md §12.8),

@@ -10,6 +10,7 @@ use lmz::archive::stream::extract_stream;
 use lmz::archive::{Archive, Meta, Shard, Writer, WriterOptions};
 use lmz::format::{Framing, ModelKind};
 use lmz::model::order1::Order1;
+use lmz::model::portable::{PortableLm, PortableOptions};
 use lmz::model::Model;
 
 /// (path, contents) of every regular file in the reference archive.
@@ -97,13 +98,43 @@ struct Counts {
     slowest: Duration,
 }
 
+/// The tiny committed kind-3 model (FORMAT.md §20.10), loaded once, one thread.
+fn tiny() -> &'static PortableLm {
+    static TINY: std::sync::OnceLock<PortableLm> = std::sync::OnceLock::new();
+    TINY.get_or_init(load_tiny)
+}
+
+/// The tiny committed kind-3 model, one thread (a stream reader owns its model: a fresh
+/// load, about a millisecond).
+fn load_tiny() -> PortableLm {
+    {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(lmz::model::synthetic::COMMITTED_PATH);
+        let (sha256, size) = lmz::model::fetch::hash_file(&path).expect("the tiny model");
+        let file = lmz::model::fetch::ModelFile {
+            path,
+            sha256,
+            size,
+            name: "tiny".into(),
+        };
+        let opts = PortableOptions {
+            threads: 1,
+            ..PortableOptions::default()
+        };
+        PortableLm::load(&file, 1024, opts).expect("the tiny model loads")
+    }
+}
+
 /// Opens and reads every file of `bytes`; `Ok(true)` when all equal the originals,
 /// `Ok(false)` on any wrong byte, `Err` when rejected.
 fn random_access(bytes: &[u8], files: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, lmz::Error> {
     let a = Archive::from_bytes(bytes.to_vec())?;
     let m = Order1::new(a.header().pin.max_block_tokens);
-    let model: Option<&dyn Model> =
-        (a.header().pin.kind == ModelKind::Order1).then_some(&m as &dyn Model);
+    let model: Option<&dyn Model> = match a.header().pin.kind {
+        ModelKind::Order1 => Some(&m),
+        ModelKind::Portable => Some(tiny()),
+        _ => None,
+    };
     a.check_model(model)?;
     let mut all = true;
     for (p, d) in files {
@@ -122,8 +153,11 @@ fn stream(bytes: &[u8], files: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, lmz::Error
     extract_stream(
         bytes,
         |h| {
-            let m: Option<Box<dyn Model>> = (h.pin.kind == ModelKind::Order1)
-                .then(|| Box::new(Order1::new(h.pin.max_block_tokens)) as Box<dyn Model>);
+            let m: Option<Box<dyn Model>> = match h.pin.kind {
+                ModelKind::Order1 => Some(Box::new(Order1::new(h.pin.max_block_tokens))),
+                ModelKind::Portable => Some(Box::new(load_tiny())),
+                _ => None,
+            };
             Ok((m, Extractor::new(&dest, ExtractOptions::default())?))
         },
         Some(2),
@@ -173,6 +207,39 @@ fn every_flip_and_truncation_of_a_compact_blocks_archive_is_rejected_or_exact() 
     sweep(true, Framing::CompactBlocks);
 }
 
+/// Model kind 3 with the archive primer and the adaptive bias (FORMAT.md §12.8, §12.9): the
+/// committed vector `portable-tiny-bias` (three model-coded blocks of the tiny model, a
+/// primer coded under the bias), one bit flipped per byte (alternately the lowest and the
+/// highest: each case decodes the primer and up to three blocks).
+#[test]
+fn every_flip_and_truncation_of_a_biased_kind3_archive_is_rejected_or_exact() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("format-spec/vectors/valid/portable-tiny-bias.lmz");
+    let orig = std::fs::read(path).unwrap();
+    let a = Archive::from_bytes(orig.clone()).unwrap();
+    assert!(a.header().bias_rate != 0 && a.header().primer.is_some());
+    let files: Files = (0..a.entries().len())
+        .filter(|&i| a.file_entry(i).is_ok())
+        .map(|i| {
+            let data = a.read(Some(tiny()), i, 0, u64::MAX, 2).unwrap();
+            (a.entries()[i].path.clone(), data)
+        })
+        .collect();
+    assert_eq!(files.len(), 4);
+    // Every byte of the header (the pin, the coded primer, the bias rate), every fifth
+    // elsewhere: each case decodes the primer and up to three blocks.
+    let header_len = a.header().encode().len();
+    let every = |i: usize| i < header_len || i % 5 == 0;
+    sweep_bytes(
+        orig,
+        files,
+        "kind 3, primer, adaptive bias",
+        &[0x01, 0x80],
+        true,
+        every,
+    );
+}
+
 fn sweep(primer: bool, framing: Framing) {
     let (orig, files) = reference(primer, framing);
     assert_eq!(
@@ -187,12 +254,32 @@ fn sweep(primer: bool, framing: Framing) {
             .is_some(),
         primer
     );
+    let what = format!("primer: {primer}, {framing:?}");
+    sweep_bytes(orig, files, &what, &[0x01, 0x80], false, |_| true);
+}
+
+/// Flips (with each of `bits`, or with them in turn where `alternate`) of the bytes at the
+/// offsets `at` selects, and truncations to those lengths, of `orig`, whose files are
+/// `files`, through both readers.
+fn sweep_bytes(
+    orig: Vec<u8>,
+    files: Files,
+    what: &str,
+    bits: &[u8],
+    alternate: bool,
+    at: impl Fn(usize) -> bool,
+) {
     assert!(random_access(&orig, &files).unwrap());
     assert!(stream(&orig, &files).unwrap());
     let mut ra = Counts::default();
     let mut st = Counts::default();
-    for i in 0..orig.len() {
-        for bit in [0x01u8, 0x80] {
+    for i in (0..orig.len()).filter(|&i| at(i)) {
+        let these = if alternate {
+            &bits[i % bits.len()..i % bits.len() + 1]
+        } else {
+            bits
+        };
+        for &bit in these {
             let mut b = orig.clone();
             b[i] ^= bit;
             let t = Instant::now();
@@ -213,7 +300,7 @@ fn sweep(primer: bool, framing: Framing) {
             );
         }
     }
-    for n in 0..orig.len() {
+    for n in (0..orig.len()).filter(|&n| at(n)) {
         let t = Instant::now();
         let r = random_access(&orig[..n], &files);
         tally(
@@ -237,7 +324,7 @@ fn sweep(primer: bool, framing: Framing) {
     assert!(random_access(&b, &files).is_err());
     assert!(stream(&b, &files).is_err());
     println!(
-        "corruption sweep over {} bytes (primer: {primer}, {framing:?}): random access {:?}; stream {:?}; panics = 0",
+        "corruption sweep over {} bytes ({what}): random access {:?}; stream {:?}; panics = 0",
         orig.len(),
         ra,
         st

@@ -229,7 +229,7 @@ fn every_flip_and_truncation_of_a_biased_kind3_archive_is_rejected_or_exact() {
     // Every byte of the header (the pin, the coded primer, the bias rate), every fifth
     // elsewhere: each case decodes the primer and up to three blocks.
     let header_len = a.header().encode().len();
-    let every = |i: usize| i < header_len || i % 5 == 0;
+    let every = |i: usize| i < header_len || i.is_multiple_of(5);
     sweep_bytes(
         orig,
         files,

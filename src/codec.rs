@@ -243,7 +243,7 @@ impl<'m> Lockstep<'m> {
         });
         if let Some(e) = self.eval.as_deref_mut() {
             // A failure here leaves the evaluator out of step: drop it.
-            if e.set_prefix(&[]).is_err() {
+            if e.set_prefix(&[], 0).is_err() {
                 self.drop_eval();
             }
         }
@@ -379,9 +379,10 @@ impl<'m> Lockstep<'m> {
             .as_deref_mut()
             .expect("prepared")
             .set_bias(self.bias_rate)?;
+        let first = self.first_input(model);
         if let Some(p) = self.primer.as_mut().filter(|p| !p.installed) {
             let eval = self.eval.as_deref_mut().expect("prepared");
-            eval.set_prefix(&p.prefix(model.pin().bos))?;
+            eval.set_prefix(&p.prefix(model.pin().bos), first)?;
             p.installed = true;
         }
         Ok((model, chunk))
@@ -421,7 +422,7 @@ impl<'m> Lockstep<'m> {
         let r = (|| {
             let (model, _) = self.prepare(1, n, false)?;
             let eval = self.eval.as_deref_mut().expect("prepared");
-            eval.set_prefix(&[])?;
+            eval.set_prefix(&[], 0)?;
             run_decode(
                 model.pin().bos,
                 eval,

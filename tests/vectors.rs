@@ -608,7 +608,7 @@ fn portable_tiny() -> (Vec<u8>, Vec<Input>) {
 
 /// `portable-tiny-bias`: `portable-tiny`'s entries under the adaptive bias (FORMAT.md §12.9,
 /// rate 24,576, what lmz writes) and an archive primer (§12.8) of the tiny vocabulary's
-/// training text, itself coded under the bias.
+/// training text, itself coded under the bias, whose learned bias every block starts from.
 fn portable_tiny_bias() -> (Vec<u8>, Vec<Input>) {
     portable_tiny_with(lmz::archive::DEFAULT_BIAS_RATE, true)
 }
@@ -2389,7 +2389,7 @@ fn valid_vectors() -> Vec<ValidOut> {
         ),
         (
             "portable-tiny-bias",
-            "`portable-tiny`'s entries and blocks under the adaptive bias (header flag bit 3, FORMAT.md §12.9, rate 24,576: what lmz writes by default) and an archive primer (§12.8) of 258 tokens, coded under the bias itself; each block's bias starts from zero after the primer. A decoder that ignores the bias, or updates it otherwise (another rounding, another order, a bias carried over from the primer), decodes other bytes.",
+            "`portable-tiny`'s entries and blocks under the adaptive bias (header flag bit 3, FORMAT.md §12.9, rate 24,576: what lmz writes by default) and an archive primer (§12.8) of 258 tokens, coded under the bias itself; each block's bias starts from the state the primer's 258 tokens taught it. A decoder that ignores the bias, updates it otherwise (another rounding, another order), or starts blocks from a zero bias, decodes other bytes.",
             portable_tiny_bias,
         ),
         (

@@ -49,6 +49,12 @@ impl AdaptiveBias {
         self.b.fill(0);
     }
 
+    /// The state of `other` (same rate and length): a block's start after the primer.
+    pub fn copy_from(&mut self, other: &AdaptiveBias) {
+        self.rate = other.rate;
+        self.b.clone_from(&other.b);
+    }
+
     pub fn values(&self) -> &[i32] {
         &self.b
     }

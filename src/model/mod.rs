@@ -160,10 +160,14 @@ pub trait Evaluator {
 
     /// From now on, [`Self::reset`] puts a slot in the state of having been fed `inputs`
     /// (their distributions unread): the archive primer of context policy 2 (FORMAT.md
-    /// §12.8), evaluated once and copied into every block's sequence instead of evaluated per
-    /// block. Empty `inputs` restore empty slots. The prefix counts against
-    /// [`Self::capacity`]. Models whose state cannot be copied refuse any prefix.
-    fn set_prefix(&mut self, inputs: &[Token]) -> Result<()> {
+    /// §12.8), evaluated once and copied into each block's sequence instead of evaluated per
+    /// block. `next` is the input that follows them (each block's first), whose probability
+    /// the prefix's last step gives: under an adaptive bias (§12.9), set before, the
+    /// prefix's bias has learned from it too. Empty `inputs` restore empty slots. The prefix
+    /// counts against [`Self::capacity`]. Models whose state cannot be copied refuse any
+    /// prefix.
+    fn set_prefix(&mut self, inputs: &[Token], next: Token) -> Result<()> {
+        let _ = next;
         if inputs.is_empty() {
             return Ok(());
         }

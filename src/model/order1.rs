@@ -160,7 +160,7 @@ impl Evaluator for Order1Eval {
         Ok(())
     }
 
-    fn set_prefix(&mut self, inputs: &[Token]) -> Result<()> {
+    fn set_prefix(&mut self, inputs: &[Token], _next: Token) -> Result<()> {
         self.start = (!inputs.is_empty()).then(|| {
             let mut p = Slot::new();
             for &t in inputs {

@@ -86,9 +86,19 @@ pub struct PortableLm {
     kernels: KernelSet,
     table_threads: usize,
     pool: Option<rayon::ThreadPool>,
-    /// The last archive primer's KV state and the inputs it holds: computed once per
-    /// process (per mount), shared by every evaluator that starts blocks from it.
-    prefix: Mutex<Option<(Vec<Token>, Arc<Cache>)>>,
+    /// The last archive primer's state: computed once per process (per mount), shared by
+    /// every evaluator that starts blocks from it.
+    prefix: Mutex<Option<SharedPrefix>>,
+}
+
+/// An archive primer's state (FORMAT.md §12.8, §12.9): what it was computed from, its KV
+/// state, and its adaptive bias after learning from every primer token (for `rate` ≠ 0).
+struct SharedPrefix {
+    inputs: Vec<Token>,
+    next: Token,
+    rate: u16,
+    cache: Arc<Cache>,
+    bias: Option<Arc<AdaptiveBias>>,
 }
 
 fn bad(file: &ModelFile, detail: impl std::fmt::Display) -> Error {
@@ -307,6 +317,8 @@ impl PortableLm {
                 self.pin.max_block_tokens as usize + MAX_PRIMER_TOKENS as usize,
             ),
             prefix: None,
+            prefix_bias: None,
+            prefix_inputs: None,
             chunk: chunk.max(1),
             rows: Vec::new(),
             scratch: Scratch::default(),
@@ -568,6 +580,11 @@ struct PortableEval<'m> {
     caches: Vec<Cache>,
     /// What a reset slot starts from ([`Evaluator::set_prefix`]); `None`: empty.
     prefix: Option<Arc<Cache>>,
+    /// The adaptive bias a reset slot starts from, after the prefix; `None`: zero.
+    prefix_bias: Option<Arc<AdaptiveBias>>,
+    /// What [`Evaluator::set_prefix`] was last given (to recompute the prefix's bias when
+    /// the rate changes).
+    prefix_inputs: Option<(Vec<Token>, Token)>,
     /// Most tokens per sequence, BOS excluded.
     capacity: usize,
     chunk: usize,
@@ -732,7 +749,10 @@ impl Evaluator for PortableEval<'_> {
             None => c.clear(),
         }
         if let Some(b) = self.bias.as_mut() {
-            b.slots[slot].clear();
+            match &self.prefix_bias {
+                Some(p) => b.slots[slot].copy_from(p),
+                None => b.slots[slot].clear(),
+            }
             b.pending[slot] = None;
         }
         Ok(())
@@ -750,12 +770,18 @@ impl Evaluator for PortableEval<'_> {
             fed: Vec::new(),
             weights: Vec::new(),
         });
-        Ok(())
+        // The prefix's bias depends on the rate.
+        match self.prefix_inputs.take() {
+            Some((inputs, next)) => self.set_prefix(&inputs, next),
+            None => Ok(()),
+        }
     }
 
-    fn set_prefix(&mut self, inputs: &[Token]) -> Result<()> {
+    fn set_prefix(&mut self, inputs: &[Token], next: Token) -> Result<()> {
+        self.prefix_inputs = None;
         if inputs.is_empty() {
             self.prefix = None;
+            self.prefix_bias = None;
             return Ok(());
         }
         if inputs.len() > self.capacity {
@@ -763,18 +789,26 @@ impl Evaluator for PortableEval<'_> {
                 detail: format!("a primer of {} inputs exceeds the context", inputs.len()),
             });
         }
+        let rate = self.bias.as_ref().map_or(0, |b| b.rate);
         let mut shared = self.m.prefix.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((toks, cache)) = shared.as_ref() {
-            if toks == inputs {
-                self.prefix = Some(cache.clone());
+        if let Some(p) = shared.as_ref() {
+            if p.inputs == inputs && p.next == next && p.rate == rate {
+                self.prefix = Some(p.cache.clone());
+                self.prefix_bias = p.bias.clone();
+                self.prefix_inputs = Some((inputs.to_vec(), next));
                 return Ok(());
             }
         }
         // Evaluated like any sequence (the same operations whatever the step holds,
-        // §20.8), 16 inputs per step; the logits are not needed.
+        // §20.8), 16 inputs per step. Under the adaptive bias each row's table is made and
+        // learned from, in order, as a decoder of the whole sequence would (§12.9): the
+        // row of input k predicts input k + 1, the last row `next`.
         let mut one = vec![Cache::default()];
         let mut rows = Vec::with_capacity(16);
-        for c in inputs.chunks(16) {
+        let mut bias = (rate != 0).then(|| AdaptiveBias::new(rate, self.m.n_model));
+        let mut weights = vec![0u32; if rate != 0 { self.m.pieces.len() } else { 0 }];
+        let nv = self.m.n_model;
+        for (k, c) in inputs.chunks(16).enumerate() {
             rows.clear();
             rows.extend(c.iter().map(|&t| Row {
                 slot: 0,
@@ -792,10 +826,31 @@ impl Evaluator for PortableEval<'_> {
                 &mut self.scratch,
                 &mut self.times,
             );
+            if let Some(b) = bias.as_mut() {
+                for (j, logits) in self
+                    .scratch
+                    .logits
+                    .chunks_exact(nv)
+                    .take(c.len())
+                    .enumerate()
+                {
+                    let target = inputs.get(k * 16 + j + 1).copied().unwrap_or(next);
+                    b.interval(logits, FREQ_BITS as u32, &mut weights, target as usize);
+                }
+            }
         }
         let cache = Arc::new(one.pop().expect("one cache"));
-        *shared = Some((inputs.to_vec(), cache.clone()));
+        let bias = bias.map(Arc::new);
+        *shared = Some(SharedPrefix {
+            inputs: inputs.to_vec(),
+            next,
+            rate,
+            cache: cache.clone(),
+            bias: bias.clone(),
+        });
         self.prefix = Some(cache);
+        self.prefix_bias = bias;
+        self.prefix_inputs = Some((inputs.to_vec(), next));
         Ok(())
     }
 
@@ -1077,50 +1132,61 @@ mod tests {
             .tokenize(b"So she was considering in her own mind, as well as she could.")
             .unwrap();
         let p = primer.len();
-        // Reference: one sequence, one input per step.
-        let inputs: Vec<Token> = std::iter::once(m.pin.bos)
-            .chain(primer.iter().copied())
-            .chain(block[..block.len() - 1].iter().copied())
-            .collect();
-        let mut e = m.evaluator(1, inputs.len(), 1).unwrap();
-        let mut want = Vec::new();
-        for (k, &t) in inputs.iter().enumerate() {
-            let mut one = [(0, 0)];
-            let sym = if k < p { primer[k] } else { block[k - p] };
-            e.step_intervals(&[(0, &[t][..])], &[sym], &mut one)
-                .unwrap();
-            if k >= p {
-                want.push(one[0]);
+        // Without and with the adaptive bias (§12.9), which continues from the primer too.
+        for rate in [0, 24_576] {
+            // Reference: one sequence, one input per step.
+            let inputs: Vec<Token> = std::iter::once(m.pin.bos)
+                .chain(primer.iter().copied())
+                .chain(block[..block.len() - 1].iter().copied())
+                .collect();
+            let mut e = m.evaluator(1, inputs.len(), 1).unwrap();
+            e.set_bias(rate).unwrap();
+            let mut want = Vec::new();
+            for (k, &t) in inputs.iter().enumerate() {
+                let mut one = [(0, 0)];
+                let sym = if k < p { primer[k] } else { block[k - p] };
+                e.step_intervals(&[(0, &[t][..])], &[sym], &mut one)
+                    .unwrap();
+                if k >= p {
+                    want.push(one[0]);
+                }
             }
-        }
-        let prefix: Vec<Token> = std::iter::once(m.pin.bos)
-            .chain(primer[..p - 1].iter().copied())
-            .collect();
-        let first = primer[p - 1];
-        let block_inputs: Vec<Token> = std::iter::once(first)
-            .chain(block[..block.len() - 1].iter().copied())
-            .collect();
-        for (width, chunk) in [(1, 1), (3, 16), (2, 5)] {
-            let mut e = m
-                .evaluator(width, prefix.len() + block.len(), chunk)
-                .unwrap();
-            e.set_prefix(&prefix).unwrap();
-            let slot = width - 1;
-            // A slot used for something else first, then reset: the copy replaces it.
-            e.step_intervals(&[(slot, &[5][..])], &[7], &mut [(0, 0)])
-                .unwrap();
-            e.reset(slot).unwrap();
-            let mut got = vec![(0, 0); block.len()];
-            for (i, c) in block_inputs.chunks(chunk).enumerate() {
-                let at = i * chunk;
-                e.step_intervals(
-                    &[(slot, c)],
-                    &block[at..at + c.len()],
-                    &mut got[at..at + c.len()],
-                )
-                .unwrap();
+            let prefix: Vec<Token> = std::iter::once(m.pin.bos)
+                .chain(primer[..p - 1].iter().copied())
+                .collect();
+            let first = primer[p - 1];
+            let block_inputs: Vec<Token> = std::iter::once(first)
+                .chain(block[..block.len() - 1].iter().copied())
+                .collect();
+            for (width, chunk) in [(1, 1), (3, 16), (2, 5)] {
+                let mut e = m
+                    .evaluator(width, prefix.len() + block.len(), chunk)
+                    .unwrap();
+                // The rate set before the prefix, or after it (the prefix's bias is redone).
+                if width == 2 {
+                    e.set_prefix(&prefix, first).unwrap();
+                    e.set_bias(rate).unwrap();
+                } else {
+                    e.set_bias(rate).unwrap();
+                    e.set_prefix(&prefix, first).unwrap();
+                }
+                let slot = width - 1;
+                // A slot used for something else first, then reset: the copy replaces it.
+                e.step_intervals(&[(slot, &[5][..])], &[7], &mut [(0, 0)])
+                    .unwrap();
+                e.reset(slot).unwrap();
+                let mut got = vec![(0, 0); block.len()];
+                for (i, c) in block_inputs.chunks(chunk).enumerate() {
+                    let at = i * chunk;
+                    e.step_intervals(
+                        &[(slot, c)],
+                        &block[at..at + c.len()],
+                        &mut got[at..at + c.len()],
+                    )
+                    .unwrap();
+                }
+                assert_eq!(got, want, "rate {rate}, width {width}, chunk {chunk}");
             }
-            assert_eq!(got, want, "width {width}, chunk {chunk}");
         }
     }
 

@@ -383,6 +383,24 @@ mod tests {
         assert!(PartFooter::decode(&b, len, 201).is_err());
     }
 
+    /// The plan covers what changes the blocks: the flags and the adaptive bias's rate
+    /// (parts coded under other rates never merge), not the diagnostic strings.
+    #[test]
+    fn the_plan_covers_the_bias_rate() {
+        use sha2::Digest;
+        let plan = |h: &Header| PlanHasher::new(h, 19).0.finalize().to_vec();
+        let h = header().header;
+        let mut other = h.clone();
+        other.engine_version = "another writer".into();
+        assert_eq!(plan(&h), plan(&other));
+        let mut biased = h.clone();
+        biased.bias_rate = 24_576;
+        let mut faster = h.clone();
+        faster.bias_rate = 24_577;
+        assert_ne!(plan(&h), plan(&biased));
+        assert_ne!(plan(&biased), plan(&faster));
+    }
+
     #[test]
     fn shards_are_contiguous_and_balanced() {
         assert_eq!(shard_of(0, 0, 4), 3);

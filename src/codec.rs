@@ -255,10 +255,6 @@ impl<'m> Lockstep<'m> {
         self.bias_rate = rate;
     }
 
-    pub fn bias_rate(&self) -> u16 {
-        self.bias_rate
-    }
-
     /// The primer's tokens, once known (given, or decoded by a block decode).
     pub fn primer_tokens(&self) -> Option<&[Token]> {
         self.primer.as_ref().and_then(|p| p.tokens.as_deref())

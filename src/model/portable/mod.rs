@@ -789,6 +789,15 @@ impl Evaluator for PortableEval<'_> {
                 detail: format!("a primer of {} inputs exceeds the context", inputs.len()),
             });
         }
+        if let Some(t) = inputs
+            .iter()
+            .chain([&next])
+            .find(|&&t| t as usize >= self.m.pieces.len())
+        {
+            return Err(Error::usage(format!(
+                "primer token {t} outside the model's vocabulary"
+            )));
+        }
         let rate = self.bias.as_ref().map_or(0, |b| b.rate);
         let mut shared = self.m.prefix.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = shared.as_ref() {

@@ -96,20 +96,12 @@ pub fn encode_with(
     let mut out: Vec<Coded> = plains
         .iter()
         .map(|p| {
-            let crc = crc32fast::hash(p);
             let (codec, payload) = match zstd_compress(p, zstd_level) {
                 Some(z) if z.len() < p.len() => (Codec::Zstd, z),
                 _ => (Codec::Stored, p.to_vec()),
             };
             Coded {
-                header: BlockHeader {
-                    codec,
-                    plain_len: p.len() as u32,
-                    coded_len: payload.len() as u32,
-                    tokens: 0,
-                    plain_crc: crc,
-                    coded_crc: crc32fast::hash(&payload),
-                },
+                header: BlockHeader::of(codec, p, 0, &payload),
                 payload,
                 ideal_bits: 0.0,
             }
@@ -960,17 +952,10 @@ mod tests {
     /// fail their CRC (never wrong bytes) where the header's rate is another.
     #[test]
     fn biased_blocks_round_trip_and_need_their_rate() {
-        use crate::model::portable::{PortableLm, PortableOptions};
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(crate::model::synthetic::COMMITTED_PATH);
-        let (sha256, size) = crate::model::fetch::hash_file(&path).unwrap();
-        let file = crate::model::fetch::ModelFile {
-            path,
-            sha256,
-            size,
-            name: "tiny".into(),
-        };
-        let m = PortableLm::load(&file, 1024, PortableOptions::default()).unwrap();
+        let m = crate::model::synthetic::load_committed(std::path::Path::new(env!(
+            "CARGO_MANIFEST_DIR"
+        )))
+        .unwrap();
         let alice = crate::model::synthetic::TRAINING_TEXT.as_bytes();
         let texts: Vec<Vec<u8>> = (0..3)
             .map(|i| {
@@ -1009,14 +994,7 @@ mod tests {
                     .zip(&plains)
                     .zip(&tokens)
                     .map(|(((payload, ideal_bits), plain), t)| Coded {
-                        header: BlockHeader {
-                            codec: Codec::Model,
-                            plain_len: plain.len() as u32,
-                            coded_len: payload.len() as u32,
-                            tokens: t.len() as u32,
-                            plain_crc: crc32fast::hash(plain),
-                            coded_crc: crc32fast::hash(&payload),
-                        },
+                        header: BlockHeader::of(Codec::Model, plain, t.len() as u32, &payload),
                         payload,
                         ideal_bits,
                     })

@@ -10,7 +10,7 @@ use lmz::archive::stream::extract_stream;
 use lmz::archive::{Archive, Meta, Shard, Writer, WriterOptions};
 use lmz::format::{Framing, ModelKind};
 use lmz::model::order1::Order1;
-use lmz::model::portable::{PortableLm, PortableOptions};
+use lmz::model::portable::PortableLm;
 use lmz::model::Model;
 
 /// (path, contents) of every regular file in the reference archive.
@@ -107,22 +107,8 @@ fn tiny() -> &'static PortableLm {
 /// The tiny committed kind-3 model, one thread (a stream reader owns its model: a fresh
 /// load, about a millisecond).
 fn load_tiny() -> PortableLm {
-    {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(lmz::model::synthetic::COMMITTED_PATH);
-        let (sha256, size) = lmz::model::fetch::hash_file(&path).expect("the tiny model");
-        let file = lmz::model::fetch::ModelFile {
-            path,
-            sha256,
-            size,
-            name: "tiny".into(),
-        };
-        let opts = PortableOptions {
-            threads: 1,
-            ..PortableOptions::default()
-        };
-        PortableLm::load(&file, 1024, opts).expect("the tiny model loads")
-    }
+    lmz::model::synthetic::load_committed(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+        .expect("the tiny model loads")
 }
 
 /// Opens and reads every file of `bytes`; `Ok(true)` when all equal the originals,

@@ -26,9 +26,8 @@ use lmz::archive::{Archive, Meta, Writer, WriterOptions};
 use lmz::format::{
     BlockHeader, Codec, Entry, EntryKind, Footer, Framing, Header, Index, ModelKind, FOOTER_LEN,
 };
-use lmz::model::fetch::{hash_file, ModelFile};
 use lmz::model::order1::Order1;
-use lmz::model::portable::{PortableLm, PortableOptions};
+use lmz::model::portable::PortableLm;
 use lmz::model::Model;
 use lmz::{Class, Error};
 use sha2::{Digest, Sha256};
@@ -377,14 +376,7 @@ fn order1_block(model: &Order1, plain: &[u8]) -> Vec<u8> {
     .expect("encode")
     .remove(0);
     assert!(payload.len() <= plain.len());
-    let h = BlockHeader {
-        codec: Codec::Model,
-        plain_len: plain.len() as u32,
-        coded_len: payload.len() as u32,
-        tokens: tokens.len() as u32,
-        plain_crc: crc32fast::hash(plain),
-        coded_crc: crc32fast::hash(&payload),
-    };
+    let h = BlockHeader::of(Codec::Model, plain, tokens.len() as u32, &payload);
     let mut b = h.encode().to_vec();
     b.extend_from_slice(&payload);
     b
@@ -559,20 +551,8 @@ fn order1_halving() -> (Vec<u8>, Vec<Input>) {
 /// The tiny committed GGUF model (FORMAT.md §20.10) under the portable engine, one thread,
 /// the kernels `LMZ_KERNELS` names (else the best this CPU has: all give the same bits).
 fn tiny_model() -> PortableLm {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(lmz::model::synthetic::COMMITTED_PATH);
-    let (sha256, size) = hash_file(&path).expect("the committed tiny model");
-    let file = ModelFile {
-        path,
-        sha256,
-        size,
-        name: "lmz tiny llama (synthetic)".into(),
-    };
-    let opts = PortableOptions {
-        threads: 1,
-        table_threads: Some(1),
-        kernels: None,
-    };
-    PortableLm::load(&file, 1024, opts).expect("tiny model loads")
+    lmz::model::synthetic::load_committed(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .expect("tiny model loads")
 }
 
 /// The tiny model's header for `block_size`, with the diagnostic strings (§4.2) fixed, so
@@ -672,14 +652,7 @@ fn portable_tiny_with(bias_rate: u16, primer: bool) -> (Vec<u8>, Vec<Input>) {
         .zip(&tokens)
         .zip(coded)
         .map(|((plain, toks), (payload, _))| {
-            let h = BlockHeader {
-                codec: Codec::Model,
-                plain_len: plain.len() as u32,
-                coded_len: payload.len() as u32,
-                tokens: toks.len() as u32,
-                plain_crc: crc32fast::hash(plain),
-                coded_crc: crc32fast::hash(&payload),
-            };
+            let h = BlockHeader::of(Codec::Model, plain, toks.len() as u32, &payload);
             let mut b = h.encode().to_vec();
             b.extend_from_slice(&payload);
             b

@@ -8,28 +8,15 @@
 use libfuzzer_sys::fuzz_target;
 use lmz::archive::Archive;
 use lmz::format::ModelKind;
-use lmz::model::portable::{PortableLm, PortableOptions};
+use lmz::model::portable::PortableLm;
 use lmz::model::{order1::Order1, Model};
 
 /// The tiny committed kind-3 model, loaded once.
 fn tiny() -> &'static PortableLm {
     static TINY: std::sync::OnceLock<PortableLm> = std::sync::OnceLock::new();
     TINY.get_or_init(|| {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(lmz::model::synthetic::COMMITTED_PATH);
-        let (sha256, size) = lmz::model::fetch::hash_file(&path).expect("the tiny model");
-        let file = lmz::model::fetch::ModelFile {
-            path,
-            sha256,
-            size,
-            name: "tiny".into(),
-        };
-        let opts = PortableOptions {
-            threads: 1,
-            ..PortableOptions::default()
-        };
-        PortableLm::load(&file, 1024, opts).expect("the tiny model loads")
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        lmz::model::synthetic::load_committed(&root).expect("the tiny model loads")
     })
 }
 

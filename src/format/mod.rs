@@ -555,6 +555,19 @@ pub struct BlockHeader {
 }
 
 impl BlockHeader {
+    /// The header of a block of `plain` bytes coded by `codec` as `payload` (of `tokens`
+    /// tokens for a model block, else 0): lengths and both CRCs.
+    pub fn of(codec: Codec, plain: &[u8], tokens: u32, payload: &[u8]) -> BlockHeader {
+        BlockHeader {
+            codec,
+            plain_len: plain.len() as u32,
+            coded_len: payload.len() as u32,
+            tokens,
+            plain_crc: crc(plain),
+            coded_crc: crc(payload),
+        }
+    }
+
     pub fn encode(&self) -> [u8; BLOCK_HEADER_LEN] {
         let mut b = [0u8; BLOCK_HEADER_LEN];
         b[..4].copy_from_slice(&BLOCK_MAGIC);

@@ -194,6 +194,28 @@ const LAYER_TYPES: [[u32; 7]; N_LAYER] = [
 pub const TOKEN_EMBD_TYPE: u32 = ty::Q8_0;
 pub const OUTPUT_TYPE: u32 = ty::Q4_1;
 
+/// The committed tiny model (`COMMITTED_PATH` under `root`, the lmz crate's directory),
+/// hashed and loaded by the portable engine on one thread, for up to 1,024 tokens a block:
+/// what the vectors, the sweep, the fuzzers and the codec's tests decode kind-3 archives
+/// with.
+pub fn load_committed(root: &std::path::Path) -> crate::Result<super::portable::PortableLm> {
+    use super::portable::{PortableLm, PortableOptions};
+    let path = root.join(COMMITTED_PATH);
+    let (sha256, size) = super::fetch::hash_file(&path)?;
+    let file = super::fetch::ModelFile {
+        path,
+        sha256,
+        size,
+        name: "lmz tiny llama (synthetic)".into(),
+    };
+    let opts = PortableOptions {
+        threads: 1,
+        table_threads: Some(1),
+        kernels: None,
+    };
+    PortableLm::load(&file, 1024, opts)
+}
+
 /// The tiny model as GGUF bytes, a pure function of `seed`.
 pub fn tiny_llama(seed: u64) -> Vec<u8> {
     let (tokens, types, merges) = vocabulary();

@@ -14,7 +14,8 @@
 //! the coded distribution itself (its integer frequencies), in fixed point: `b` in 2^-16 bit,
 //! subtracted (floored to the 2^-8 bit of §12.3's `q`) from each symbol's quantized
 //! log-ratio before the exponential table. So every decoder computes exactly the encoder's
-//! tables, and a zero bias is exactly the unbiased function. A sequence starts from zero; a
+//! tables, and a zero bias is exactly the unbiased function (for any finite largest logit).
+//! A sequence starts from zero; a
 //! block after an archive primer from the state the primer taught it, the same for every
 //! block (computed once, with the primer's KV state), so blocks stay independent.
 //!

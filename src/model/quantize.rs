@@ -177,7 +177,8 @@ fn logits_to_weights(logits: &[f32], bits: u32, weights: &mut [u32]) -> (u64, us
 /// [`logits_to_weights`] under an adaptive bias (FORMAT.md §12.9): `bias[i]`, in 2^-16 bit,
 /// is taken off symbol `i`'s quantized log-ratio `q_i` (floored to 2^-8 bit), the results
 /// are shifted so that the smallest is 0 and saturated at `Q_MAX`, then weighted as
-/// unbiased ones are. A zero bias gives exactly [`logits_to_weights`]'s weights.
+/// unbiased ones are. A zero bias gives exactly [`logits_to_weights`]'s weights wherever the
+/// largest logit is finite (where it is not, every `q` is `Q_MAX`: weight 0 there, 2^31 here).
 pub(crate) fn logits_to_weights_biased(
     logits: &[f32],
     bias: &[i32],

@@ -226,6 +226,13 @@ mod tests {
                 if step % 17 == 5 {
                     logits[next() as usize % n] = f32::NAN;
                 }
+                // Degenerate steps: every q is 8191 (all NaN, or an infinite maximum).
+                if step % 19 == 7 {
+                    logits.iter_mut().for_each(|l| *l = f32::NAN);
+                }
+                if step % 23 == 11 {
+                    logits[next() as usize % n] = f32::INFINITY;
+                }
                 let want = reference_cum(&logits, &ref_b, total);
                 // A symbol the bias has seen often, now and then an escape.
                 let t = if step % 13 == 12 {

@@ -477,7 +477,9 @@ fn run_engine(args: &BenchArgs, engine: Engine) -> Result<Option<serde_json::Val
         let (bytes, stats) =
             pack_one(args, model, &name, &data, primer.as_deref(), args.bias_rate)?;
         let pack_s = t0.elapsed().as_secs_f64();
-        let biased = Archive::from_bytes(bytes.clone())?.header().bias_rate != 0;
+        // The writer sets the bias for kind 3 only (FORMAT.md §12.9).
+        let biased = args.bias_rate != 0
+            && model.is_some_and(|m| m.pin().kind == lmz::format::ModelKind::Portable);
         let without = match (&primer, args.ablation) {
             (Some(_), true) => Some(
                 pack_one(args, model, &name, &data, None, args.bias_rate)?

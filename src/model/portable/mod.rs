@@ -1053,10 +1053,10 @@ mod tests {
     /// the bias changes the tables at all.
     #[test]
     fn adaptive_bias_paths_agree() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(crate::model::synthetic::COMMITTED_PATH);
-        let file = vectors::model_file(&path, "tiny-llama");
-        let m = PortableLm::load(&file, 1024, PortableOptions::default()).unwrap();
+        let m = crate::model::synthetic::load_committed(std::path::Path::new(env!(
+            "CARGO_MANIFEST_DIR"
+        )))
+        .unwrap();
         let text = crate::model::synthetic::TRAINING_TEXT.as_bytes();
         let toks = m.tokenize(&text[..600]).unwrap();
         let n = toks.len();
